@@ -1,0 +1,38 @@
+# moaa-cluster: `make demo` (set up + run the embedded pipeline), `make test` (set up + tests)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# torch 2.13.0+cpu: from PyTorch's CPU wheel index outside this workplace (see README)
+TORCH_INDEX ?=
+PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+
+.PHONY: setup models demo test test-unit test-integration test-slow lint clean
+
+$(VENV)/.installed: pyproject.toml requirements/models.txt scripts/setup.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) PIP_EXTRA="$(PIP_EXTRA)" bash scripts/setup.sh
+	touch $@
+
+setup: $(VENV)/.installed            ## create .venv with the pinned CPU stack
+
+models: setup                        ## convert the packaged models to HF checkpoints
+	$(VENV)/bin/moaa models prepare
+
+demo: models                         ## the main job on the embedded default
+	$(VENV)/bin/moaa synth $(ARGS)
+
+test: models                         ## unit + integration tests (real Ray, vLLM, packaged models)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit -q
+
+test-slow: models                    ## heavier real-stack tests, not part of `make test`
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check moaa_cluster tests && $(VENV)/bin/ruff format --check moaa_cluster tests
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,67 @@
+"""The one place where configs become objects; everything below takes plain arguments."""
+
+from __future__ import annotations
+
+from moaa_cluster.engines.spec import ConfigError, ModelSpec, spec_from_dict
+from moaa_cluster.moa.mixture import Agent, Mixture
+from moaa_cluster.pipeline.io import Source
+from moaa_cluster.pipeline.synth import SynthSettings
+
+
+def _plain(cfg) -> dict:
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def model_specs(models_cfg, cluster_cfg=None) -> dict[str, ModelSpec]:
+    """``{key: ModelSpec}`` from a ``models:`` mapping of config group entries."""
+    return {key: spec_from_dict(key, dict(value)) for key, value in _plain(models_cfg).items()}
+
+
+def mixture(mixture_cfg) -> tuple[Mixture, dict[str, ModelSpec], dict]:
+    """The mixture, its model specs and its sampling defaults from ``cfg.mixture``."""
+    cfg = _plain(mixture_cfg)
+    specs = model_specs(cfg.get("models", {}))
+    layers = []
+    for i, layer in enumerate(cfg.get("layers") or []):
+        seats = []
+        for seat in layer:
+            if seat.get("model") not in specs:
+                raise ConfigError(
+                    f"mixture layer {i + 1}: model {seat.get('model')!r} is not among the "
+                    f"mixture's models {sorted(specs)}"
+                )
+            unknown = set(seat) - {"model", "sampling"}
+            if unknown:
+                raise ConfigError(f"mixture layer {i + 1}: unknown seat keys {sorted(unknown)}")
+            seats.append(Agent(model=seat["model"], sampling=dict(seat.get("sampling") or {})))
+        layers.append(tuple(seats))
+    try:
+        mix = Mixture(layers=tuple(layers))
+    except ValueError as exc:
+        raise ConfigError(f"mixture {cfg.get('name')}: {exc}") from exc
+    return mix, specs, dict(cfg.get("sampling") or {})
+
+
+def sources(dataset_cfg) -> list[Source]:
+    cfg = _plain(dataset_cfg)
+    out = []
+    for name, src in (cfg.get("sources") or {}).items():
+        unknown = set(src) - set(Source.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"dataset source {name}: unknown keys {sorted(unknown)}")
+        out.append(Source(name=name, **{k: v for k, v in src.items() if k != "name"}))
+    if not out:
+        raise ConfigError("dataset has no sources")
+    return out
+
+
+def synth_settings(cfg, defaults: dict) -> SynthSettings:
+    return SynthSettings(
+        defaults=defaults,
+        seed=cfg.seed,
+        batch_size=int(cfg.cluster.batch_size),
+        workers=int(cfg.cluster.workers),
+        record_prompts=bool(cfg.record_prompts),
+    )

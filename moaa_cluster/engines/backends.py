@@ -1,0 +1,128 @@
+"""Chat backends: one small protocol, one class per way of reaching a model.
+
+A backend turns chat messages plus sampling settings into a :class:`Completion`. The
+pipeline's Ray Data workers build backends by spec and call them concurrently; adding a way
+to reach models (another server type) is one class here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+from moaa_cluster.engines.spec import ModelSpec
+
+SAMPLING_KEYS = (
+    "temperature", "top_p", "top_k", "max_tokens", "seed", "stop", "repetition_penalty",
+    "presence_penalty", "frequency_penalty", "min_p",
+)
+
+
+@dataclass
+class Completion:
+    """One model answer and the engine's own accounting of it."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    model: str
+    seconds: float = 0.0
+
+
+class InferenceError(RuntimeError):
+    """A request the engine refused or failed (too long, bad arguments, ...)."""
+
+
+class ChatBackend(Protocol):
+    async def chat(self, messages: list[dict], sampling: dict) -> Completion: ...
+
+
+def _sampling(sampling: dict) -> dict:
+    unknown = set(sampling) - set(SAMPLING_KEYS)
+    if unknown:
+        raise ValueError(f"unknown sampling keys {sorted(unknown)}; known: {SAMPLING_KEYS}")
+    return {k: v for k, v in sampling.items() if v is not None}
+
+
+def _completion(resp: dict, model: str, seconds: float) -> Completion:
+    choice = resp["choices"][0]
+    usage = resp.get("usage") or {}
+    return Completion(
+        text=choice["message"]["content"] or "",
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        finish_reason=choice.get("finish_reason"),
+        model=model,
+        seconds=seconds,
+    )
+
+
+class ServeLLMBackend:
+    """A vLLM engine hosted by Ray Serve LLM, reached through its deployment handle."""
+
+    def __init__(self, spec: ModelSpec, request_timeout_s: float | None = None):
+        from ray import serve
+
+        from moaa_cluster.engines.serve_llm import app_name, deployment_name
+
+        self.spec = spec
+        self.timeout = request_timeout_s
+        self._handle = serve.get_deployment_handle(deployment_name(spec), app_name(spec)).options(
+            stream=True
+        )
+
+    async def chat(self, messages: list[dict], sampling: dict) -> Completion:
+        import asyncio
+        import time
+
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        request = ChatCompletionRequest(model=self.spec.name, messages=messages, **_sampling(sampling))
+        t0 = time.perf_counter()
+        stream = self._handle.chat.remote(request)
+        try:
+            resp = await asyncio.wait_for(stream.__anext__(), timeout=self.timeout)
+        except asyncio.TimeoutError as exc:
+            raise InferenceError(f"{self.spec.name}: no answer within {self.timeout}s") from exc
+        if hasattr(resp, "model_dump"):
+            resp = resp.model_dump()
+        if "choices" not in resp:  # an ErrorResponse
+            err = resp.get("error") or resp
+            message = err.get("message", err) if isinstance(err, dict) else err
+            raise InferenceError(f"{self.spec.name}: {message}")
+        return _completion(resp, self.spec.name, time.perf_counter() - t0)
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat server (a vLLM server the user runs, for instance)."""
+
+    def __init__(self, spec: ModelSpec, request_timeout_s: float | None = None):
+        import httpx
+
+        self.spec = spec
+        key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.AsyncClient(
+            base_url=spec.base_url.rstrip("/"), headers=headers, timeout=request_timeout_s
+        )
+
+    async def chat(self, messages: list[dict], sampling: dict) -> Completion:
+        import time
+
+        body = {"model": self.spec.served_name or self.spec.name, "messages": messages}
+        body.update(_sampling(sampling))
+        t0 = time.perf_counter()
+        r = await self._client.post("/chat/completions", json=body)
+        if r.status_code != 200:
+            raise InferenceError(f"{self.spec.name}: HTTP {r.status_code}: {r.text[:300]}")
+        return _completion(r.json(), self.spec.name, time.perf_counter() - t0)
+
+
+def make_backend(spec: ModelSpec, request_timeout_s: float | None = None) -> ChatBackend:
+    if spec.backend == "vllm":
+        return ServeLLMBackend(spec, request_timeout_s)
+    if spec.backend == "openai":
+        return OpenAIBackend(spec, request_timeout_s)
+    raise ValueError(f"unknown backend {spec.backend!r}")

@@ -1,0 +1,115 @@
+"""Hosts vLLM engines as Ray Serve LLM deployments: one per model, shared by all its roles.
+
+A model that proposes and aggregates (or answers several turns) is loaded once; every mixture
+step reaches it through a deployment handle. Nothing is exposed over HTTP: Serve's proxy is
+disabled, so the engines are reachable only from inside the Ray cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from moaa_cluster.engines.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def app_name(spec: ModelSpec) -> str:
+    return f"moaa-{spec.name}"
+
+
+def deployment_name(spec: ModelSpec) -> str:
+    return f"moaa-{spec.name}-engine"
+
+
+def llm_config(spec: ModelSpec):
+    """Translates a model spec into a Ray Serve ``LLMConfig`` (vLLM engine)."""
+    from ray.serve.llm import LLMConfig, ModelLoadingConfig
+
+    engine_kwargs = {
+        "dtype": spec.dtype,
+        "max_model_len": spec.max_model_len,
+        "tensor_parallel_size": spec.tensor_parallel_size,
+        "trust_remote_code": spec.trust_remote_code,
+        **spec.engine_kwargs,
+    }
+    if spec.revision:
+        engine_kwargs.setdefault("revision", spec.revision)
+    if spec.chat_template:
+        engine_kwargs.setdefault("chat_template", spec.chat_template)
+    if spec.accelerator_type:
+        bundles = [{"GPU": 1, "CPU": 1}] * spec.tensor_parallel_size
+    else:
+        engine_kwargs.setdefault("distributed_executor_backend", "mp")
+        bundles = [{"CPU": spec.cpus_per_replica}]
+    env = {
+        k: os.environ[k]
+        for k in ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        if k in os.environ
+    }
+    return LLMConfig(
+        model_loading_config=ModelLoadingConfig(model_id=spec.name, model_source=spec.source),
+        accelerator_type=spec.accelerator_type,
+        placement_group_config={"bundles": bundles},
+        deployment_config={
+            "autoscaling_config": {"min_replicas": spec.replicas, "max_replicas": spec.replicas},
+            # rows of a batch arrive together; keep them all in flight
+            "max_ongoing_requests": 256,
+        },
+        engine_kwargs=engine_kwargs,
+        runtime_env={"env_vars": env} if env else None,
+        log_engine_metrics=False,
+    )
+
+
+def start_engines(specs: list[ModelSpec]) -> dict[str, float]:
+    """Deploys every vLLM-backed spec at once and waits until all are ready.
+
+    Returns:
+        Seconds from the call until all engines answered ready, keyed ``"all"``.
+    """
+    from ray import serve
+    from ray.serve.api import RunTarget
+    from ray.serve.llm import build_llm_deployment
+
+    vllm_specs = [s for s in specs if s.backend == "vllm"]
+    t0 = time.monotonic()
+    if vllm_specs:
+        serve.start(proxy_location="Disabled")
+        # Engines already running under the same name (an earlier run in this cluster) are
+        # reused: redeploying would restart them for nothing.
+        running = {
+            name for name, app in serve.status().applications.items() if app.status == "RUNNING"
+        }
+        vllm_specs = [s for s in vllm_specs if app_name(s) not in running]
+    if not vllm_specs:
+        return {"all": time.monotonic() - t0}
+    targets = [
+        RunTarget(
+            target=build_llm_deployment(
+                llm_config(spec), override_serve_options={"name": deployment_name(spec)}
+            ),
+            name=app_name(spec),
+            route_prefix=None,
+        )
+        for spec in vllm_specs
+    ]
+    log.info("starting %d engine(s): %s", len(targets), ", ".join(s.name for s in vllm_specs))
+    serve.run_many(targets)
+    elapsed = time.monotonic() - t0
+    log.info("engines ready in %.1f s", elapsed)
+    return {"all": elapsed}
+
+
+def stop_engines(specs: list[ModelSpec]) -> None:
+    """Deletes the apps started by :func:`start_engines` (placement groups are released)."""
+    from ray import serve
+
+    for spec in specs:
+        if spec.backend == "vllm":
+            try:
+                serve.delete(app_name(spec))
+            except Exception as exc:  # shutdown must not mask the run's own outcome
+                log.warning("could not delete engine app %s: %s", app_name(spec), exc)

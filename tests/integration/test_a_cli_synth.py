@@ -1,0 +1,110 @@
+"""The main job through the real CLI: `moaa synth` on a file mixing good and bad records.
+
+Runs first (file order) in its own process with its own local Ray, before the session
+cluster of the other integration tests exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+GOOD = [
+    {"turns": ["Name three primary colors."]},
+    {"instruction": "Give one tip for learning to cook."},
+    {"turns": ["Suggest a name for a pet turtle.", "Why did you pick that name?"]},
+]
+BAD = [  # (raw line, expected fragment of the reject reason)
+    (b'{"turns": ["unterminated"', "malformed JSON"),
+    (b'{"question": "no field we know"}', "none of the fields"),
+    (b'{"instruction": 42}', "must be a string"),
+    (b'{"prompt": "   "}', "is empty"),
+    (b'{"prompt": "caf\xff au lait"}', "invalid UTF-8"),
+    (json.dumps({"turns": ["Name three primary colors."]}).encode(), "duplicate"),
+    (
+        json.dumps({"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}).encode(),
+        "starts with an assistant turn",
+    ),
+    (json.dumps({"prompt": "tell me more " * 900}).encode(), "prompt too long"),
+]
+
+
+def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
+    data = tmp_path / "inputs.jsonl"
+    lines = [json.dumps(r).encode() for r in GOOD] + [raw for raw, _ in BAD]
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    out_root = tmp_path / "outputs"
+    cmd = [
+        sys.executable, "-m", "moaa_cluster.cli", "synth",
+        "~dataset.sources.embedded_demo", f"+dataset.sources.fixture.path={data}",
+        "dataset.name=fixture", f"output_root={out_root}", "record_prompts=true",
+    ]
+    env = {**os.environ, "MOAA_MODELS_DIR": str(models_dir)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = out_root / "synth-embedded-fixture"
+    assert "rows: 3 ok (1 multi-turn)" in proc.stdout, proc.stdout[-2000:]
+
+    # --- SFT rows: TRL conversational format + provenance -------------------------------
+    rows = pq.read_table(run_dir / "sft.parquet").to_pylist()
+    assert len(rows) == 3 and len({r["id"] for r in rows}) == 3
+    for row in rows:
+        users = [m for m in row["messages"] if m["role"] == "user"]
+        assistants = [m for m in row["messages"] if m["role"] == "assistant"]
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * len(users)
+        assert all(a["content"].strip() for a in assistants)
+        n_turns = len(users)
+        assert len(row["calls"]) == 3 * n_turns  # two proposers + aggregator per turn
+        for t in range(n_turns):
+            props = [c for c in row["calls"] if c["turn"] == t and c["layer"] == 0]
+            (agg,) = [c for c in row["calls"] if c["turn"] == t and c["layer"] == 1]
+            assert {c["model"] for c in props} == {"smollm2-135m-instruct", "gemma-3-270m"}
+            assert agg["model"] == "smollm2-135m-instruct"
+            assert assistants[t]["content"] == agg["text"]
+            agg_messages = json.loads(agg["prompt"])
+            system = agg_messages[0]
+            assert system["role"] == "system"
+            for i, p in enumerate(props, start=1):
+                assert f"\n{i}. {p['text']}" in system["content"]  # every answer, numbered
+            # the engine's own count: the aggregator prompt is at least as long as the answers
+            assert agg["prompt_tokens"] > sum(p["completion_tokens"] for p in props)
+            for c in row["calls"]:
+                assert c["finish_reason"] in ("stop", "length")
+                assert c["completion_tokens"] > 0
+            if t == 1:  # Eq. 3: every seat of turn 2 sees turn 1's aggregated answer
+                turn0_agg = next(c for c in row["calls"] if c["turn"] == 0 and c["layer"] == 1)
+                for c in row["calls"]:
+                    if c["turn"] == 1:
+                        msgs = [m for m in json.loads(c["prompt"]) if m["role"] != "system"]
+                        assert msgs[1] == {"role": "assistant", "content": turn0_agg["text"]}
+
+    # --- rejects: each bad line with its reason; nothing lost ---------------------------
+    rejects = [json.loads(x) for x in (run_dir / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == len(BAD)
+    reasons = " | ".join(r["reason"] for r in rejects)
+    for _, fragment in BAD:
+        assert fragment in reasons, f"{fragment!r} not in {reasons}"
+
+    # --- manifest ----------------------------------------------------------------------
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["counts"]["rows_ok"] == 3
+    assert manifest["counts"]["rejects_input"] == len(BAD)
+    assert manifest["counts"]["rows_in"] == len(GOOD) + len(BAD)
+    assert manifest["timings_s"]["engine_start"] > 0
+    assert manifest["models"]["smollm2_135m_instruct"]["checksums"]["model.safetensors"]
+    assert manifest["versions"]["ray"] == "2.60.0"
+
+    # --- loads with `datasets`, ablations derive without inference ----------------------
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(run_dir / "sft.parquet"), split="train")
+    assert ds.num_rows == 3 and ds[0]["messages"][0]["role"] == "user"
+    from moaa_cluster.pipeline.derive import derive
+
+    combined = derive(rows, "combined")
+    assert len(combined) == 6 and {r["teacher"] for r in combined} == {"smollm2-135m-instruct", "gemma-3-270m"}
