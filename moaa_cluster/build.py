@@ -14,7 +14,7 @@ def _plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
-def model_specs(models_cfg, cluster_cfg=None) -> dict[str, ModelSpec]:
+def model_specs(models_cfg) -> dict[str, ModelSpec]:
     """``{key: ModelSpec}`` from a ``models:`` mapping of config group entries."""
     return {key: spec_from_dict(key, dict(value)) for key, value in _plain(models_cfg).items()}
 
@@ -25,8 +25,14 @@ def mixture(mixture_cfg) -> tuple[Mixture, dict[str, ModelSpec], dict]:
     specs = model_specs(cfg.get("models", {}))
     layers = []
     for i, layer in enumerate(cfg.get("layers") or []):
+        if not isinstance(layer, list):
+            raise ConfigError(f"mixture layer {i + 1} must be a list of seats, got {layer!r}")
         seats = []
         for seat in layer:
+            if isinstance(seat, str):
+                seat = {"model": seat}
+            if not isinstance(seat, dict):
+                raise ConfigError(f"mixture layer {i + 1}: a seat must be a mapping, got {seat!r}")
             if seat.get("model") not in specs:
                 raise ConfigError(
                     f"mixture layer {i + 1}: model {seat.get('model')!r} is not among the "

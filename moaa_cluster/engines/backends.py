@@ -14,8 +14,16 @@ from typing import Protocol
 from moaa_cluster.engines.spec import ModelSpec
 
 SAMPLING_KEYS = (
-    "temperature", "top_p", "top_k", "max_tokens", "seed", "stop", "repetition_penalty",
-    "presence_penalty", "frequency_penalty", "min_p",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "seed",
+    "stop",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "min_p",
 )
 
 
@@ -79,7 +87,9 @@ class ServeLLMBackend:
 
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-        request = ChatCompletionRequest(model=self.spec.name, messages=messages, **_sampling(sampling))
+        request = ChatCompletionRequest(
+            model=self.spec.name, messages=messages, **_sampling(sampling)
+        )
         t0 = time.perf_counter()
         stream = self._handle.chat.remote(request)
         try:

@@ -163,7 +163,7 @@ async def run_row(
                 return completion, messages
 
             results = await asyncio.gather(*(call(s) for s in steps))
-            for step, (completion, messages) in zip(steps, results):
+            for step, (completion, messages) in zip(steps, results, strict=True):
                 state[step.column] = completion.text
                 calls.append(
                     {
@@ -176,7 +176,9 @@ async def run_row(
                         "completion_tokens": completion.completion_tokens,
                         "finish_reason": completion.finish_reason,
                         "seconds": round(completion.seconds, 3),
-                        "prompt": json.dumps(messages, ensure_ascii=False) if record_prompts else None,
+                        "prompt": json.dumps(messages, ensure_ascii=False)
+                        if record_prompts
+                        else None,
                     }
                 )
     answers = {k: v for k, v in state.items() if k not in row}

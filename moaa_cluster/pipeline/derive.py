@@ -32,6 +32,10 @@ def _teacher_rows(row: dict, layer: int) -> dict[str, list[dict]]:
         system = [m for m in row["messages"][:1] if m["role"] == "system"]
         messages = list(system)
         for t, question in enumerate(user_turns):
+            if t not in by_turn:
+                raise ValueError(
+                    f"row {row['id']}: seat {seat} of layer {layer} has no answer for turn {t + 1}"
+                )
             messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": by_turn[t]["text"]})
         model = by_turn[0]["model"]
@@ -40,7 +44,9 @@ def _teacher_rows(row: dict, layer: int) -> dict[str, list[dict]]:
     return out
 
 
-def derive(rows: list[dict], kind: str, model: str | None = None, seed: int = 0, layer: int = 0) -> list[dict]:
+def derive(
+    rows: list[dict], kind: str, model: str | None = None, seed: int = 0, layer: int = 0
+) -> list[dict]:
     """Builds the ablation rows (``id, source, messages, teacher``) from synth rows."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
@@ -50,7 +56,9 @@ def derive(rows: list[dict], kind: str, model: str | None = None, seed: int = 0,
         teachers = _teacher_rows(row, layer)
         if kind == "single":
             if model not in teachers:
-                raise ValueError(f"model {model!r} is not a layer-{layer} seat; seats: {sorted(teachers)}")
+                raise ValueError(
+                    f"model {model!r} is not a layer-{layer} seat; seats: {sorted(teachers)}"
+                )
             picked = [(model, teachers[model])]
         elif kind == "combined":
             picked = list(teachers.items())
@@ -78,7 +86,11 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     rows = pq.read_table(args.run_dir / "sft.parquet").to_pylist()
     result = derive(rows, args.kind, args.model, args.seed, args.layer)
-    suffix = f"-{args.model}" if args.kind == "single" else (f"-seed{args.seed}" if args.kind == "random" else "")
+    suffix = (
+        f"-{args.model}"
+        if args.kind == "single"
+        else (f"-seed{args.seed}" if args.kind == "random" else "")
+    )
     out = args.out or args.run_dir / "ablations" / f"{args.kind}{suffix}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(result), out)

@@ -81,7 +81,9 @@ def _records(src: Source) -> Iterator[tuple[str, object]]:
             path = Path(os.path.expanduser(src.path))
         if not path.exists():
             hint = (
-                f" (or enable the hub, HF_HUB_OFFLINE=0, to read {src.hub_id})" if src.hub_id else ""
+                f" (or enable the hub, HF_HUB_OFFLINE=0, to read {src.hub_id})"
+                if src.hub_id
+                else ""
             )
             raise FileNotFoundError(f"source {src.name}: {path} does not exist{hint}")
         if path.is_dir():
@@ -127,7 +129,9 @@ def load_rows(sources: list[Source]) -> tuple[list[dict], list[dict]]:
         records = list(_records(src))
         if src.limit is not None and src.limit < len(records):
             if src.sample_seed is not None:
-                picked = sorted(random.Random(src.sample_seed).sample(range(len(records)), src.limit))
+                picked = sorted(
+                    random.Random(src.sample_seed).sample(range(len(records)), src.limit)
+                )
                 records = [records[i] for i in picked]
             else:
                 records = records[: src.limit]

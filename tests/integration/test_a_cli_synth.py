@@ -27,7 +27,9 @@ BAD = [  # (raw line, expected fragment of the reject reason)
     (b'{"prompt": "caf\xff au lait"}', "invalid UTF-8"),
     (json.dumps({"turns": ["Name three primary colors."]}).encode(), "duplicate"),
     (
-        json.dumps({"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}).encode(),
+        json.dumps(
+            {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}
+        ).encode(),
         "starts with an assistant turn",
     ),
     (json.dumps({"prompt": "tell me more " * 900}).encode(), "prompt too long"),
@@ -40,9 +42,15 @@ def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
     data.write_bytes(b"\n".join(lines) + b"\n")
     out_root = tmp_path / "outputs"
     cmd = [
-        sys.executable, "-m", "moaa_cluster.cli", "synth",
-        "~dataset.sources.embedded_demo", f"+dataset.sources.fixture.path={data}",
-        "dataset.name=fixture", f"output_root={out_root}", "record_prompts=true",
+        sys.executable,
+        "-m",
+        "moaa_cluster.cli",
+        "synth",
+        "~dataset.sources.embedded_demo",
+        f"+dataset.sources.fixture.path={data}",
+        "dataset.name=fixture",
+        f"output_root={out_root}",
+        "record_prompts=true",
     ]
     env = {**os.environ, "MOAA_MODELS_DIR": str(models_dir)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
@@ -107,4 +115,7 @@ def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
     from moaa_cluster.pipeline.derive import derive
 
     combined = derive(rows, "combined")
-    assert len(combined) == 6 and {r["teacher"] for r in combined} == {"smollm2-135m-instruct", "gemma-3-270m"}
+    assert len(combined) == 6 and {r["teacher"] for r in combined} == {
+        "smollm2-135m-instruct",
+        "gemma-3-270m",
+    }

@@ -108,7 +108,10 @@ def test_first_matching_field_wins():
         (["not", "a", "dict"], "record must be a JSON object, got list"),
         ("text", "record must be a JSON object, got str"),
         (None, "record must be a JSON object, got NoneType"),
-        ({"foo": "bar"}, "record has none of the fields turns, messages, data, instruction, prompt"),
+        (
+            {"foo": "bar"},
+            "record has none of the fields turns, messages, data, instruction, prompt",
+        ),
         ({}, "record has none of the fields"),
         ({"prompt": ""}, "'prompt' is empty"),
         ({"prompt": "   \n\t"}, "'prompt' is empty"),
@@ -125,7 +128,12 @@ def test_first_matching_field_wins():
         ({"messages": []}, "'messages' must be a non-empty list of {role, content}"),
         ({"messages": {"role": "user"}}, "'messages' must be a non-empty list of {role, content}"),
         (
-            {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "q"}]},
+            {
+                "messages": [
+                    {"role": "assistant", "content": "hi"},
+                    {"role": "user", "content": "q"},
+                ]
+            },
             "conversation starts with an assistant turn",
         ),
         (
@@ -236,9 +244,16 @@ def test_stable_id_deterministic_and_shape():
 
 def test_stable_id_equal_for_equal_content():
     c1 = to_conversation({"turns": ["q1", "q2"], "id": "one"})
-    c2 = to_conversation({"messages": [{"role": "user", "content": "q1"},
-                                       {"role": "assistant", "content": "x"},
-                                       {"role": "user", "content": "q2"}], "id": "two"})
+    c2 = to_conversation(
+        {
+            "messages": [
+                {"role": "user", "content": "q1"},
+                {"role": "assistant", "content": "x"},
+                {"role": "user", "content": "q2"},
+            ],
+            "id": "two",
+        }
+    )
     assert stable_id("src", c1) == stable_id("src", c2)
 
 

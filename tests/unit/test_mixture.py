@@ -113,14 +113,26 @@ def test_plan_steps_order_and_count():
         (1, 1, 0, "agg"),
     ]
     assert [s.column for s in steps] == [
-        "t0_l0_a0", "t0_l0_a1", "t0_l1_a0", "t1_l0_a0", "t1_l0_a1", "t1_l1_a0",
+        "t0_l0_a0",
+        "t0_l0_a1",
+        "t0_l1_a0",
+        "t1_l0_a0",
+        "t1_l0_a1",
+        "t1_l1_a0",
     ]
 
 
 def test_plan_steps_three_layers():
     steps = plan_steps(three_layer(), max_turns=2)
     assert len(steps) == 2 * (2 + 3 + 1)
-    assert [(s.layer, s.index) for s in steps[:6]] == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 0)]
+    assert [(s.layer, s.index) for s in steps[:6]] == [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+        (1, 2),
+        (2, 0),
+    ]
     assert plan_steps(three_layer(), max_turns=0) == []
 
 
@@ -203,8 +215,12 @@ def test_step_messages_three_layers_middle_sees_only_previous_layer():
         "t0_l1_a1": "D",
         "t0_l1_a2": "E",
     }
-    assert step_messages(m, _step(m, 0, 1, 2), row)[0]["content"] == aggregate_system_prompt(["A", "B"])
-    assert step_messages(m, _step(m, 0, 2), row)[0]["content"] == aggregate_system_prompt(["C", "D", "E"])
+    assert step_messages(m, _step(m, 0, 1, 2), row)[0]["content"] == aggregate_system_prompt(
+        ["A", "B"]
+    )
+    assert step_messages(m, _step(m, 0, 2), row)[0]["content"] == aggregate_system_prompt(
+        ["C", "D", "E"]
+    )
 
 
 def test_step_messages_none_past_last_turn():
@@ -294,9 +310,15 @@ def test_run_row_answers_and_flow():
 
     # Aggregator saw every proposer answer of its turn, in seat order.
     agg_msgs = [msgs for msgs, _ in backends["agg"].received]
-    assert agg_msgs[0][0] == {"role": "system", "content": aggregate_system_prompt(["p1#1", "p2#1"])}
+    assert agg_msgs[0][0] == {
+        "role": "system",
+        "content": aggregate_system_prompt(["p1#1", "p2#1"]),
+    }
     assert agg_msgs[0][1:] == [{"role": "user", "content": "q0"}]
-    assert agg_msgs[1][0] == {"role": "system", "content": aggregate_system_prompt(["p1#2", "p2#2"])}
+    assert agg_msgs[1][0] == {
+        "role": "system",
+        "content": aggregate_system_prompt(["p1#2", "p2#2"]),
+    }
 
     # Turn 2 (index 1) saw the turn-1 aggregate as the assistant history, for every model.
     history = [
@@ -394,11 +416,11 @@ def test_run_row_without_seed_sends_none():
 def test_run_row_record_prompts():
     m = two_layer()
     backends, _ = _backends()
-    _, calls = _run(m, {"id": "r", "turns": ["q0", "q1"], "system": "Sys"}, backends, record_prompts=True)
+    _, calls = _run(
+        m, {"id": "r", "turns": ["q0", "q1"], "system": "Sys"}, backends, record_prompts=True
+    )
     assert all(isinstance(c["prompt"], str) for c in calls)
-    received = {
-        name: iter(msgs for msgs, _ in b.received) for name, b in backends.items()
-    }
+    received = {name: iter(msgs for msgs, _ in b.received) for name, b in backends.items()}
     for c in calls:
         assert json.loads(c["prompt"]) == next(received[c["model"]])
     assert json.loads(calls[0]["prompt"]) == [

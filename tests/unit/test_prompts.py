@@ -50,7 +50,9 @@ def test_template_shape():
 
 
 def test_aggregate_system_prompt_numbers_responses():
-    assert aggregate_system_prompt(["a", "b", "c"]) == AGGREGATE_AND_SYNTHESIZE + "\n1. a\n2. b\n3. c"
+    assert (
+        aggregate_system_prompt(["a", "b", "c"]) == AGGREGATE_AND_SYNTHESIZE + "\n1. a\n2. b\n3. c"
+    )
 
 
 def test_aggregate_system_prompt_single_response():
