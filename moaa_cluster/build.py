@@ -71,3 +71,43 @@ def synth_settings(cfg, defaults: dict) -> SynthSettings:
         workers=int(cfg.cluster.workers),
         record_prompts=bool(cfg.record_prompts),
     )
+
+
+def judge(judge_cfg):
+    """The judge spec and its model specs from ``cfg.judge``."""
+    from moaa_cluster.judge.judge import JudgeSpec
+
+    cfg = _plain(judge_cfg)
+    specs = model_specs(cfg.get("models", {}))
+    keys = [*cfg.get("proposers", []), cfg.get("aggregator"), cfg.get("criteria_model")]
+    for key in keys:
+        if key is not None and key not in specs:
+            raise ConfigError(
+                f"judge {cfg.get('name')}: model {key!r} is not among {sorted(specs)}"
+            )
+    if not cfg.get("proposers") or not cfg.get("aggregator"):
+        raise ConfigError(f"judge {cfg.get('name')}: needs proposers and an aggregator")
+    spec = JudgeSpec(
+        name=cfg.get("name", "judge"),
+        proposers=tuple(cfg["proposers"]),
+        aggregator=cfg["aggregator"],
+        criteria_model=cfg.get("criteria_model"),
+        criteria_filtering=bool(cfg.get("criteria_filtering", True)),
+        sampling=dict(cfg.get("sampling") or {}),
+        verdict_sampling=dict(cfg.get("verdict_sampling") or {}),
+        recover=bool(cfg.get("recover", True)),
+    )
+    return spec, specs
+
+
+def prefs_settings(cfg):
+    from moaa_cluster.pipeline.prefs import PrefsSettings
+
+    return PrefsSettings(
+        num_candidates=int(cfg.num_candidates),
+        sampling=_plain(cfg.sampling),
+        plan=str(cfg.plan),
+        seed=cfg.seed,
+        batch_size=max(1, int(cfg.cluster.batch_size) // 2),
+        workers=int(cfg.cluster.workers),
+    )

@@ -16,6 +16,8 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 TASKS = {
     "synth": "stage 1: MoA synthesis of SFT data (Hydra overrides: mixture=, dataset=, cluster=)",
     "models": "prepare or list the packaged models (`moaa models prepare|list`)",
+    "prefs": "stage 2: sample N candidates, rank them with the MoA judge, write DPO pairs",
+    "judge-eval": "accuracy / position consistency / parse failures of MoA and single judges",
     "derive": "ablation datasets from a synth run: single teacher, Combined-N, Random-N",
 }
 
@@ -30,14 +32,19 @@ def _hydra_task(task: str, config_name: str, argv: list[str], fn) -> int:
     return 0
 
 
-def _synth(cfg) -> None:
-    from moaa_cluster.engines.spec import ConfigError
+def _guarded(task: str, fn):
+    """Config problems end the task with one line on stderr, not a traceback."""
 
-    try:
-        _run_synth(cfg)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"moaa synth: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    def run(cfg) -> None:
+        from moaa_cluster.engines.spec import ConfigError
+
+        try:
+            fn(cfg)
+        except (ConfigError, FileNotFoundError) as exc:
+            print(f"moaa {task}: error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return run
 
 
 def _run_synth(cfg) -> None:
@@ -61,6 +68,57 @@ def _run_synth(cfg) -> None:
         progress=cfg.progress,
         keep_engines=cfg.keep_engines,
         manifest_extra={"config": OmegaConf.to_container(cfg, resolve=True)},
+    )
+
+
+def _run_prefs(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from moaa_cluster import build, runtime
+    from moaa_cluster.pipeline.prefs import SAMPLER, make_preferences
+
+    runtime.set_offline(cfg.cluster.get("env"))
+    runtime.configure_logging()
+    judge, specs = build.judge(cfg.judge)
+    specs[SAMPLER] = build.model_specs({SAMPLER: cfg.sampler})[SAMPLER]
+    make_preferences(
+        build.sources(cfg.dataset),
+        judge,
+        specs,
+        build.prefs_settings(cfg),
+        Path(cfg.output_dir),
+        OmegaConf.to_container(cfg.cluster, resolve=True),
+        overwrite=cfg.overwrite,
+        limit=cfg.limit if cfg.limit is not None else cfg.dataset.get("limit"),
+        progress=cfg.progress,
+        keep_engines=cfg.keep_engines,
+        manifest_extra={"config": OmegaConf.to_container(cfg, resolve=True)},
+    )
+
+
+def _run_judge_eval(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from moaa_cluster import build, runtime
+    from moaa_cluster.pipeline.judge_eval import evaluate_judges
+
+    runtime.set_offline(cfg.cluster.get("env"))
+    runtime.configure_logging()
+    judge, specs = build.judge(cfg.judge)
+    judges = [judge]
+    if cfg.single_judges:
+        judges += [judge.single(m) for m in judge.models]
+    evaluate_judges(
+        Path(cfg.pairs),
+        judges,
+        specs,
+        Path(cfg.output_dir),
+        OmegaConf.to_container(cfg.cluster, resolve=True),
+        limit=cfg.limit,
+        batch_size=max(1, int(cfg.cluster.batch_size) // 2),
+        workers=int(cfg.cluster.workers),
+        progress=cfg.progress,
+        keep_engines=cfg.keep_engines,
     )
 
 
@@ -107,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: moaa <task> [options | hydra overrides]\n\ntasks:")
         for name, about in TASKS.items():
-            print(f"  {name:<8} {about}")
+            print(f"  {name:<11} {about}")
         print(
             "\n`moaa <task> --help` explains a task; Hydra tasks also take --cfg job, -m (sweeps)."
         )
@@ -120,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         return _models(rest)
     if task == "derive":
         return _derive(rest)
-    return _hydra_task(task, task, rest, _synth)
+    hydra_tasks = {
+        "synth": ("synth", _run_synth),
+        "prefs": ("prefs", _run_prefs),
+        "judge-eval": ("judge_eval", _run_judge_eval),
+    }
+    config_name, fn = hydra_tasks[task]
+    return _hydra_task(task, config_name, rest, _guarded(task, fn))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +102,28 @@ def check_capacity(specs: list, cluster_resources: dict) -> None:
                 f"model {spec.name}: tensor_parallel_size {spec.tensor_parallel_size} > "
                 f"{gpus:g} GPUs in the Ray cluster"
             )
+
+
+@contextmanager
+def engines(
+    cluster: dict, specs: list, *, keep: bool = False, timings: dict | None = None
+) -> Iterator[None]:
+    """Joins Ray, refuses what cannot be placed, starts the engines, and stops them after.
+
+    With ``keep`` the engines stay up for the next command on the same cluster.
+    """
+    import ray
+
+    from moaa_cluster.engines.serve_llm import start_engines, stop_engines
+
+    init_ray(cluster)
+    check_capacity(specs, ray.cluster_resources())
+    t0 = time.monotonic()
+    start_engines(specs)
+    if timings is not None:
+        timings["engine_start"] = time.monotonic() - t0
+    try:
+        yield
+    finally:
+        if not keep:
+            stop_engines(specs)

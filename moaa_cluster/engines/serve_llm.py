@@ -42,7 +42,7 @@ def llm_config(spec: ModelSpec):
     if spec.accelerator_type:
         bundles = [{"GPU": 1, "CPU": 1}] * spec.tensor_parallel_size
     else:
-        engine_kwargs.setdefault("distributed_executor_backend", "mp")
+        engine_kwargs.setdefault("distributed_executor_backend", "uni")
         bundles = [{"CPU": spec.cpus_per_replica}]
     env = {
         k: os.environ[k]
@@ -74,10 +74,14 @@ def start_engines(specs: list[ModelSpec]) -> dict[str, float]:
     from ray.serve.api import RunTarget
     from ray.serve.llm import build_llm_deployment
 
-    vllm_specs = [s for s in specs if s.backend == "vllm"]
+    # one engine per served model, however many roles or keys point at it
+    from moaa_cluster.runtime import configure_logging
+
+    vllm_specs = list({app_name(s): s for s in specs if s.backend == "vllm"}.values())
     t0 = time.monotonic()
     if vllm_specs:
         serve.start(proxy_location="Disabled")
+        configure_logging()  # Serve and Serve LLM set their loggers to INFO on start
         # Engines already running under the same name (an earlier run in this cluster) are
         # reused: redeploying would restart them for nothing.
         running = {
@@ -107,7 +111,7 @@ def stop_engines(specs: list[ModelSpec]) -> None:
     """Deletes the apps started by :func:`start_engines` (placement groups are released)."""
     from ray import serve
 
-    for spec in specs:
+    for spec in {app_name(s): s for s in specs if s.backend == "vllm"}.values():
         if spec.backend == "vllm":
             try:
                 serve.delete(app_name(spec))

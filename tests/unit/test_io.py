@@ -73,7 +73,7 @@ def test_row_shape(tmp_path):
     )
     rows, rejects = load_rows([Source(name="mt", path=str(path))])
     assert rejects == []
-    assert set(rows[0]) == {"id", "source", "source_id", "system", "turns"}
+    assert set(rows[0]) == {"id", "source", "source_id", "system", "turns", "answers"}
     assert rows[0]["source"] == "mt"
     assert rows[0]["source_id"] == "81"
     assert rows[0]["turns"] == ["q1", "q2"]

@@ -1,0 +1,1 @@
+"""The MoA judge: prompts (paper K.2-K.4), output parsing, and candidate ranking."""

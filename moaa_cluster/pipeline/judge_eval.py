@@ -1,0 +1,279 @@
+"""Judge evaluation: accuracy of the MoA judge and each single judge on labeled pairs.
+
+Input: JSONL of labeled pairs, either generic ``{prompt, chosen, rejected}`` (strings or
+message lists) or HH-RLHF's ``{chosen, rejected}`` dialogue strings. Every pair is judged by
+every judge in both orders. Reported per judge: accuracy (both orders prefer the labeled
+chosen answer), position consistency (both orders agree), verdict parse failures before and
+after recovery, criteria fallbacks, calls and tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
+from moaa_cluster.pipeline.stage import check_writable, consolidate, finished_ids, stream_rows
+from moaa_cluster.pipeline.synth import MESSAGE, save_json
+
+_HH_TURN = re.compile(r"\n\nHuman: |\n\nAssistant: ")
+
+
+class BadPair(ValueError):
+    pass
+
+
+def _hh_messages(text: str) -> list[dict]:
+    parts = _HH_TURN.split(text)
+    roles = re.findall(r"\n\n(Human|Assistant): ", text)
+    if parts[0].strip() or not roles:
+        raise BadPair("not an HH-RLHF dialogue ('\\n\\nHuman: ... \\n\\nAssistant: ...')")
+    return [
+        {"role": "user" if r == "Human" else "assistant", "content": c.strip()}
+        for r, c in zip(roles, parts[1:], strict=True)
+    ]
+
+
+def _as_messages(value: object, what: str) -> list[dict]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise BadPair(f"{what} is empty")
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in value
+    ):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise BadPair(f"{what} must be a string or a list of {{role, content}}")
+
+
+def _answer(value: object, what: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        return str(value[-1].get("content", ""))
+    raise BadPair(f"{what} must be a non-empty string or message list")
+
+
+def to_labeled_pair(rec: object) -> dict:
+    """``{prompt: messages, chosen: str, rejected: str}`` from a generic or HH-RLHF record."""
+    if not isinstance(rec, dict) or "chosen" not in rec or "rejected" not in rec:
+        raise BadPair("record needs 'chosen' and 'rejected'")
+    if "prompt" in rec:
+        return {
+            "prompt": _as_messages(rec["prompt"], "'prompt'"),
+            "chosen": _answer(rec["chosen"], "'chosen'"),
+            "rejected": _answer(rec["rejected"], "'rejected'"),
+        }
+    chosen, rejected = _hh_messages(str(rec["chosen"])), _hh_messages(str(rec["rejected"]))
+    if (
+        chosen[:-1] != rejected[:-1]
+        or chosen[-1]["role"] != "assistant"
+        or rejected[-1]["role"] != "assistant"
+    ):
+        raise BadPair(
+            "chosen and rejected do not share the dialogue before the last assistant turn"
+        )
+    if not chosen[-1]["content"] or not rejected[-1]["content"]:
+        raise BadPair("an empty final assistant answer")
+    return {
+        "prompt": chosen[:-1],
+        "chosen": chosen[-1]["content"],
+        "rejected": rejected[-1]["content"],
+    }
+
+
+def load_pairs(path: Path, limit: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Reads labeled pairs (``.jsonl`` or ``.jsonl.gz``); returns ``(pairs, rejects)``."""
+    import gzip
+    import hashlib
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    pairs, rejects = [], []
+    with opener(path, "rt", encoding="utf-8", errors="strict") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if limit is not None and len(pairs) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                pair = to_labeled_pair(json.loads(line))
+            except (BadPair, json.JSONDecodeError) as exc:
+                rejects.append(
+                    {"where": f"{Path(path).name}:{lineno}", "stage": "input", "reason": str(exc)}
+                )
+                continue
+            pair["id"] = hashlib.sha256(json.dumps(pair, sort_keys=True).encode()).hexdigest()[:20]
+            pairs.append(pair)
+    return pairs, rejects
+
+
+INPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.list_(MESSAGE)),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+    ]
+)
+SHARD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("results", pa.string()),  # JSON: {judge name: {outcome, comparisons}}
+        ("error", pa.string()),
+        ("finished_at", pa.float64()),
+    ]
+)
+
+
+class JudgeEvalWorker:
+    """Ray Data actor: every judge on every pair of a batch, both orders."""
+
+    def __init__(
+        self, judges: list[JudgeSpec], specs: dict, request_timeout_s: float | None = 900.0
+    ):
+        from moaa_cluster.engines.backends import make_backend
+
+        self.judges = judges
+        self.backends = {k: make_backend(s, request_timeout_s) for k, s in specs.items()}
+
+    async def _one(self, row: dict) -> dict:
+        out = {"id": row["id"], "results": None, "error": None}
+        try:
+            answers = [row["chosen"], row["rejected"]]
+            done = await asyncio.gather(
+                *(judge_pair(j, self.backends, row["prompt"], answers, 0, 1) for j in self.judges)
+            )
+            out["results"] = json.dumps(
+                {
+                    j.name: {"outcome": str(res.outcome), "comparisons": cmps}
+                    for j, (res, cmps) in zip(self.judges, done, strict=True)
+                },
+                ensure_ascii=False,
+            )
+        except Exception as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        out["finished_at"] = time.time()
+        return out
+
+    async def __call__(self, batch: pa.Table):
+        results = await asyncio.gather(*(self._one(r) for r in batch.to_pylist()))
+        yield pa.Table.from_pylist(results, schema=SHARD_SCHEMA)
+
+
+def metrics(rows: list[dict], judges: list[JudgeSpec]) -> list[dict]:
+    """One table row per judge from finished shard rows."""
+    table = []
+    for j in judges:
+        per = [json.loads(r["results"])[j.name] for r in rows]
+        outcomes = [p["outcome"] for p in per]
+        n = len(per)
+        counts = summarize([c for p in per for c in p["comparisons"]])
+        table.append(
+            {
+                "judge": j.name,
+                "pairs": n,
+                "accuracy": sum(o == "0" for o in outcomes) / max(1, n),
+                "wrong": sum(o == "1" for o in outcomes) / max(1, n),
+                "ties": sum(o == "tie" for o in outcomes) / max(1, n),
+                "position_consistency": sum(o in ("0", "1") for o in outcomes) / max(1, n),
+                "parse_fail_before": counts["verdict_unparsed"] / max(1, counts["comparisons"]),
+                "parse_fail_after": counts["verdict_unresolved"] / max(1, counts["comparisons"]),
+                "criteria_fallback": counts["criteria_fallback"] / max(1, counts["comparisons"]),
+                "calls": counts["calls"],
+                "prompt_tokens": counts["prompt_tokens"],
+                "completion_tokens": counts["completion_tokens"],
+            }
+        )
+    return table
+
+
+def format_table(table: list[dict]) -> str:
+    cols = [
+        ("judge", "{}"),
+        ("pairs", "{}"),
+        ("accuracy", "{:.3f}"),
+        ("ties", "{:.3f}"),
+        ("position_consistency", "{:.3f}"),
+        ("parse_fail_before", "{:.3f}"),
+        ("parse_fail_after", "{:.3f}"),
+        ("criteria_fallback", "{:.3f}"),
+        ("calls", "{}"),
+        ("prompt_tokens", "{}"),
+        ("completion_tokens", "{}"),
+    ]
+    lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for row in table:
+        lines.append("| " + " | ".join(f.format(row[c]) for c, f in cols) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_judges(
+    pairs_path: Path,
+    judges: list[JudgeSpec],
+    specs: dict,
+    run_dir: Path,
+    cluster: dict,
+    *,
+    limit: int | None = None,
+    batch_size: int = 4,
+    workers: int = 2,
+    progress: bool = True,
+    keep_engines: bool = False,
+) -> list[dict]:
+    """Judges every labeled pair with every judge; writes and prints the metrics table."""
+    from moaa_cluster import runtime
+    from moaa_cluster.pipeline.io import append_jsonl
+
+    t_start = time.monotonic()
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    for spec in specs.values():
+        spec.validate()
+    pairs, rejects = load_pairs(Path(pairs_path), limit)
+    done = finished_ids(run_dir)
+    todo = [p for p in pairs if p["id"] not in done]
+    timings: dict[str, float] = {}
+    if todo:
+        with runtime.engines(cluster, list(specs.values()), keep=keep_engines, timings=timings):
+            t0 = time.monotonic()
+            stream_rows(
+                todo,
+                INPUT_SCHEMA,
+                JudgeEvalWorker,
+                {"judges": judges, "specs": specs},
+                SHARD_SCHEMA,
+                run_dir,
+                batch_size=batch_size,
+                workers=workers,
+                desc="judge pairs",
+                progress=progress,
+            )
+            timings["judging"] = time.monotonic() - t0
+    finished, failed = consolidate(run_dir)
+    wanted = {p["id"] for p in pairs}
+    finished = [r for r in finished if r["id"] in wanted]
+    table = metrics(finished, judges)
+    (run_dir / "rejects.jsonl").unlink(missing_ok=True)
+    append_jsonl(
+        run_dir / "rejects.jsonl",
+        rejects
+        + [
+            {"where": r["id"], "stage": "inference", "reason": r["error"]}
+            for r in failed
+            if r["id"] in wanted
+        ],
+    )
+    timings["total"] = time.monotonic() - t_start
+    text = format_table(table)
+    (run_dir / "judge_eval.md").write_text(text + "\n")
+    save_json(
+        run_dir / "judge_eval.json",
+        {"table": table, "timings_s": timings, "pairs": len(pairs), "rejects": len(rejects)},
+    )
+    print(text, flush=True)
+    return table

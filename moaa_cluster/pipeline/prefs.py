@@ -1,0 +1,338 @@
+"""Stage 2: candidate sampling + MoA judging -> DPO preference pairs (``prefs.parquet``).
+
+Per row, on a Ray Data actor pool: the sampler model (the SFT checkpoint in the paper) writes
+N candidates (temperature 0.8, distinct seeds); the judge compares them with the configured
+plan (the paper's round robin of all pairs, both orders); the best becomes ``chosen`` and the
+worst ``rejected``. Rows whose N answers are identical, or whose scores show no strict
+preference, are recorded in ``rejects.jsonl`` with that reason and produce no pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.judge.judge import JudgeSpec, rank
+from moaa_cluster.pipeline.stage import (
+    check_writable,
+    consolidate,
+    finished_ids,
+    package_versions,
+    stream_rows,
+    with_retries,
+)
+from moaa_cluster.pipeline.synth import MESSAGE, save_json
+
+log = logging.getLogger(__name__)
+
+SAMPLER = "sampler"  # backend key of the model that writes the candidates
+
+COUNT_FIELDS = (
+    "comparisons",
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "verdict_unparsed",
+    "verdict_recovered",
+    "verdict_unresolved",
+    "criteria_fallback",
+)
+INPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("system", pa.string()),
+        ("turns", pa.list_(pa.string())),
+        ("answers", pa.list_(pa.string())),
+    ]
+)
+SHARD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("prompt", pa.list_(MESSAGE)),
+        ("chosen", pa.list_(MESSAGE)),
+        ("rejected", pa.list_(MESSAGE)),
+        ("candidates", pa.list_(pa.string())),
+        ("candidate_tokens", pa.list_(pa.int64())),
+        ("scores", pa.list_(pa.float64())),
+        ("chosen_index", pa.int32()),
+        ("rejected_index", pa.int32()),
+        ("status", pa.string()),  # ok | identical | no_preference
+        ("judge", pa.string()),  # JSON: every comparison (criteria, critiques, verdicts)
+        *[(f"judge_{f}", pa.int64()) for f in COUNT_FIELDS],
+        ("error", pa.string()),
+        ("finished_at", pa.float64()),
+    ]
+)
+PAIR_COLUMNS = [
+    "id",
+    "source",
+    "source_id",
+    "prompt",
+    "chosen",
+    "rejected",
+    "candidates",
+    "scores",
+    "chosen_index",
+    "rejected_index",
+    "judge",
+    *[f"judge_{f}" for f in COUNT_FIELDS],
+]
+
+
+@dataclass
+class PrefsSettings:
+    """Knobs of one preference run (from ``conf/prefs.yaml``)."""
+
+    num_candidates: int = 5
+    sampling: dict = field(default_factory=lambda: {"temperature": 0.8, "max_tokens": 256})
+    plan: str = "round_robin"
+    seed: int | None = 0
+    batch_size: int = 4
+    workers: int = 2
+    worker_cpus: float = 0.25
+    request_timeout_s: float | None = 900.0
+
+
+def prompt_messages(row: dict) -> list[dict]:
+    """The conversation to answer: earlier turns with their given answers, then the last turn.
+
+    Raises:
+        ValueError: a multi-turn row lacks the assistant answers of its earlier turns.
+    """
+    turns, answers = list(row["turns"]), list(row.get("answers") or [])
+    if len(answers) < len(turns) - 1:
+        raise ValueError(
+            f"multi-turn prompt has {len(turns)} user turns but {len(answers)} assistant answers; "
+            "stage 2 needs the answers of every earlier turn as history"
+        )
+    messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    for t, question in enumerate(turns):
+        messages.append({"role": "user", "content": question})
+        if t < len(turns) - 1:
+            messages.append({"role": "assistant", "content": answers[t]})
+    return messages
+
+
+def candidate_seed(base: int | None, row_id: str, k: int) -> int | None:
+    if base is None:
+        return None
+    digest = hashlib.sha256(f"{base}:{row_id}:candidate{k}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class PrefsWorker:
+    """Ray Data actor: sample candidates, judge them, pick the pair, for each row of a batch."""
+
+    def __init__(self, judge: JudgeSpec, specs: dict, settings: PrefsSettings):
+        from moaa_cluster.engines.backends import make_backend
+
+        self.judge = judge
+        self.settings = settings
+        self.backends = {k: make_backend(s, settings.request_timeout_s) for k, s in specs.items()}
+
+    async def _one(self, row: dict) -> dict:
+        out = {k: row.get(k) for k in ("id", "source", "source_id")}
+        out.update(error=None, status=None, prompt=[], chosen=[], rejected=[], candidates=[])
+        try:
+            prompt = prompt_messages(row)
+            out["prompt"] = prompt
+            await with_retries(lambda: self._sample_and_rank(row, prompt, out))
+        except Exception as exc:  # recorded per row; the run goes on
+            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        out["finished_at"] = time.time()
+        return out
+
+    async def _sample_and_rank(self, row: dict, prompt: list[dict], out: dict) -> None:
+        """Fills ``out`` with candidates, judge results and the pair (retried as a whole)."""
+        s = self.settings
+        samples = await asyncio.gather(
+            *(
+                self.backends[SAMPLER].chat(
+                    prompt, {**s.sampling, "seed": candidate_seed(s.seed, row["id"], k)}
+                )
+                for k in range(s.num_candidates)
+            )
+        )
+        texts = [c.text for c in samples]
+        out["candidates"] = texts
+        out["candidate_tokens"] = [c.completion_tokens for c in samples]
+        if len(set(texts)) == 1:
+            out["status"] = "identical"
+        else:
+            ranked = await rank(self.judge, self.backends, prompt, texts, s.plan)
+            out["scores"] = ranked["scores"]
+            out["judge"] = json.dumps(
+                {"pairs": ranked["pairs"], "comparisons": ranked["comparisons"]}, ensure_ascii=False
+            )
+            out.update({f"judge_{k}": v for k, v in ranked["counts"].items()})
+            if ranked["chosen"] is None:
+                out["status"] = "no_preference"
+            else:
+                out["status"] = "ok"
+                out["chosen_index"] = ranked["chosen"]
+                out["rejected_index"] = ranked["rejected"]
+                out["chosen"] = [{"role": "assistant", "content": texts[ranked["chosen"]]}]
+                out["rejected"] = [{"role": "assistant", "content": texts[ranked["rejected"]]}]
+
+    async def __call__(self, batch: pa.Table):
+        results = await asyncio.gather(*(self._one(r) for r in batch.to_pylist()))
+        yield pa.Table.from_pylist(results, schema=SHARD_SCHEMA)
+
+
+def write_outputs(run_dir: Path, input_rejects: list[dict]) -> dict:
+    """Consolidates shards into ``prefs.parquet`` (TRL preference format) and rejects."""
+    from moaa_cluster.pipeline.io import append_jsonl
+
+    done, failed = consolidate(run_dir)
+    pairs = sorted((r for r in done if r["status"] == "ok"), key=lambda r: (r["source"], r["id"]))
+    schema = pa.schema([SHARD_SCHEMA.field(c) for c in PAIR_COLUMNS])
+    tmp = Path(run_dir) / ".prefs.parquet.tmp"
+    pq.write_table(
+        pa.Table.from_pylist([{c: r[c] for c in PAIR_COLUMNS} for r in pairs], schema=schema), tmp
+    )
+    tmp.rename(Path(run_dir) / "prefs.parquet")
+    reasons = {
+        "identical": "all candidates identical: no preference to learn",
+        "no_preference": "judge scores show no strict preference among the candidates",
+    }
+    skipped = [r for r in done if r["status"] != "ok"]
+    rejects_path = Path(run_dir) / "rejects.jsonl"
+    rejects_path.unlink(missing_ok=True)
+    append_jsonl(rejects_path, input_rejects)
+    append_jsonl(
+        rejects_path,
+        [
+            {
+                "source": r["source"],
+                "where": r["id"],
+                "stage": "prefs",
+                "reason": reasons[r["status"]],
+                "record": {"candidates": r["candidates"], "scores": r["scores"]},
+            }
+            for r in skipped
+        ]
+        + [
+            {
+                "source": r["source"],
+                "where": r["id"],
+                "stage": "inference",
+                "reason": r["error"],
+                "record": {"prompt": r["prompt"]},
+            }
+            for r in failed
+        ],
+    )
+    judged = [r for r in done if r["status"] != "identical"]
+    totals = {f: sum(r[f"judge_{f}"] or 0 for r in judged) for f in COUNT_FIELDS}
+    return {
+        "pairs": len(pairs),
+        "skipped_identical": sum(r["status"] == "identical" for r in done),
+        "skipped_no_preference": sum(r["status"] == "no_preference" for r in done),
+        "rows_failed": len(failed),
+        "rejects_input": len(input_rejects),
+        "judge": totals,
+        "verdict_parse_failure_rate": totals["verdict_unparsed"] / max(1, totals["comparisons"]),
+        "verdict_unresolved_rate": totals["verdict_unresolved"] / max(1, totals["comparisons"]),
+    }
+
+
+def make_preferences(
+    sources: list,
+    judge: JudgeSpec,
+    specs: dict[str, ModelSpec],
+    settings: PrefsSettings,
+    run_dir: Path,
+    cluster: dict,
+    *,
+    overwrite: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+    keep_engines: bool = False,
+    manifest_extra: dict | None = None,
+) -> dict:
+    """Runs stage 2 end to end into ``run_dir``; ``specs`` holds ``sampler`` and judge models."""
+    import shutil
+
+    from moaa_cluster import runtime
+    from moaa_cluster.pipeline.io import load_rows
+
+    t_start = time.monotonic()
+    run_dir = Path(run_dir)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    check_writable(run_dir)
+    if SAMPLER not in specs:
+        raise ValueError(f"specs need a {SAMPLER!r} model")
+    for spec in specs.values():
+        spec.validate()
+    rows, rejects = load_rows(sources)
+    if limit is not None:
+        rows = rows[:limit]
+    done = finished_ids(run_dir)
+    todo = [r for r in rows if r["id"] not in done]
+    timings: dict[str, float] = {"read": time.monotonic() - t_start}
+    if todo:
+        with runtime.engines(cluster, list(specs.values()), keep=keep_engines, timings=timings):
+            t0 = time.monotonic()
+            try:
+                stream_rows(
+                    todo,
+                    INPUT_SCHEMA,
+                    PrefsWorker,
+                    {"judge": judge, "specs": specs, "settings": settings},
+                    SHARD_SCHEMA,
+                    run_dir,
+                    batch_size=settings.batch_size,
+                    workers=settings.workers,
+                    worker_cpus=settings.worker_cpus,
+                    desc="prefs rows",
+                    progress=progress,
+                )
+            finally:
+                timings["sample_and_judge"] = time.monotonic() - t0
+    counts = write_outputs(run_dir, rejects)
+    counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
+    timings["total"] = time.monotonic() - t_start
+    manifest = {
+        "task": "prefs",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "counts": counts,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "judge": {
+            "name": judge.name,
+            "proposers": judge.proposers,
+            "aggregator": judge.aggregator,
+            "criteria_filtering": judge.criteria_filtering,
+            "plan": settings.plan,
+        },
+        "versions": package_versions(),
+        **(manifest_extra or {}),
+    }
+    save_json(run_dir / "manifest.json", manifest)
+    j = counts["judge"]
+    print(
+        f"pairs: {counts['pairs']} (skipped: {counts['skipped_identical']} identical, "
+        f"{counts['skipped_no_preference']} no preference; {counts['rows_failed']} failed, "
+        f"{counts['rejects_input']} rejected on input)\n"
+        f"judge: {j['comparisons']} comparisons, {j['calls']} calls, {j['prompt_tokens']} prompt + "
+        f"{j['completion_tokens']} generated tokens; verdicts unparsed {j['verdict_unparsed']}, "
+        f"recovered {j['verdict_recovered']}, unresolved {j['verdict_unresolved']}; "
+        f"criteria fallbacks {j['criteria_fallback']}\n"
+        "wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + "\n"
+        f"output: {run_dir / 'prefs.parquet'}  (rejects: rejects.jsonl)",
+        flush=True,
+    )
+    return manifest

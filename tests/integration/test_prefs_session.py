@@ -1,0 +1,135 @@
+"""Real-stack stage 2 on the session's Ray cluster: candidates, MoA judge, DPO pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import SHARED
+
+HH = SHARED / "data" / "hh_rlhf" / "harmless-base" / "test.jsonl.gz"
+
+
+@pytest.fixture(scope="session")
+def run_prefs(compose, models_dir, ray_session):
+    from omegaconf import OmegaConf
+
+    from moaa_cluster import build
+    from moaa_cluster.pipeline.prefs import SAMPLER, make_preferences
+
+    def _run(run_dir: Path, overrides: list[str]) -> dict:
+        cfg = compose("prefs", [f"models_dir={models_dir}", *overrides])
+        judge, specs = build.judge(cfg.judge)
+        specs[SAMPLER] = build.model_specs({SAMPLER: cfg.sampler})[SAMPLER]
+        return make_preferences(
+            build.sources(cfg.dataset),
+            judge,
+            specs,
+            build.prefs_settings(cfg),
+            run_dir,
+            OmegaConf.to_container(cfg.cluster, resolve=True),
+            limit=cfg.limit,
+            progress=False,
+            keep_engines=True,
+        )
+
+    return _run
+
+
+@pytest.fixture(scope="module")
+def prefs_run(run_prefs, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("prefs_run")
+    manifest = run_prefs(
+        run_dir,
+        ["limit=3", "num_candidates=3", "sampling.max_tokens=64",
+         "judge.sampling.max_tokens=96", "judge.verdict_sampling.max_tokens=128"],
+    )
+    return run_dir, manifest
+
+
+def test_prefs_writes_trl_pairs_with_provenance(prefs_run):
+    run_dir, manifest = prefs_run
+    c = manifest["counts"]
+    assert c["rows_failed"] == 0
+    assert c["pairs"] + c["skipped_identical"] + c["skipped_no_preference"] == 3
+    rejects = [json.loads(x) for x in (run_dir / "rejects.jsonl").read_text().splitlines() if x]
+    assert len(rejects) == c["skipped_identical"] + c["skipped_no_preference"]
+    rows = pq.read_table(run_dir / "prefs.parquet").to_pylist()
+    assert len(rows) == c["pairs"]
+    judged = c["pairs"] + c["skipped_no_preference"]
+    assert c["judge"]["comparisons"] == judged * 3 * 2  # all 3 pairs of 3, both orders
+    # every comparison: criteria (K.2), 2 critiques (K.3), 1 verdict (K.4) [+ 1 recovery]
+    assert c["judge"]["calls"] == judged * 6 * 4 + c["judge"]["verdict_unparsed"]
+    for r in rows:
+        assert r["prompt"][-1]["role"] == "user"
+        assert r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant"
+        assert r["chosen_index"] != r["rejected_index"]
+        assert r["chosen"][0]["content"] == r["candidates"][r["chosen_index"]]
+        assert r["scores"][r["chosen_index"]] > r["scores"][r["rejected_index"]]
+        detail = json.loads(r["judge"])
+        assert len(detail["comparisons"]) == 6
+        for cmp in detail["comparisons"]:
+            assert len(cmp["criteria"]) == 3
+            assert len(cmp["critiques"]) == 2
+            assert cmp["winner"] in ("A", "B", None)
+            if cmp["winner"] is None:
+                assert cmp["parse"] in ("none", "both")  # counted, never a silent default
+
+
+def test_prefs_feed_trl_dpo_trainer(prefs_run, models_dir, tmp_path):
+    """`prefs.parquet` goes into TRL's DPOTrainer as is (beta 0.01); one real step."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    run_dir, manifest = prefs_run
+    if manifest["counts"]["pairs"] == 0:
+        pytest.fail("the judge produced no preference pair on 3 prompts: see rejects.jsonl")
+    ds = datasets.load_dataset("parquet", data_files=str(run_dir / "prefs.parquet"), split="train")
+    ds = ds.select_columns(["prompt", "chosen", "rejected"])
+    model_dir = models_dir / "smollm2-135m-instruct"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    before = model.lm_head.weight.detach().clone()
+    trainer = DPOTrainer(
+        model=model,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        train_dataset=ds,
+        args=DPOConfig(
+            output_dir=str(tmp_path), beta=0.01, max_steps=1, per_device_train_batch_size=1,
+            max_length=256, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+        ),
+    )
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert not torch.equal(before, model.lm_head.weight.detach())
+
+
+def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, tmp_path, capsys):
+    if not HH.exists():
+        pytest.skip(f"{HH} not available")
+    from omegaconf import OmegaConf
+
+    from moaa_cluster import build
+    from moaa_cluster.pipeline.judge_eval import evaluate_judges
+
+    cfg = compose("judge_eval", [f"models_dir={models_dir}", f"pairs={HH}",
+                                 "judge.sampling.max_tokens=64", "judge.verdict_sampling.max_tokens=96"])
+    judge, specs = build.judge(cfg.judge)
+    judges = [judge, *(judge.single(m) for m in judge.models)]
+    table = evaluate_judges(
+        HH, judges, specs, tmp_path, OmegaConf.to_container(cfg.cluster, resolve=True),
+        limit=2, progress=False, keep_engines=True,
+    )
+    out = capsys.readouterr().out
+    assert [r["judge"] for r in table] == ["embedded", "single:smollm2_135m_instruct", "single:gemma_3_270m"]
+    for row in table:
+        assert row["pairs"] == 2
+        assert abs(row["accuracy"] + row["wrong"] + row["ties"] - 1.0) < 1e-9
+        assert 0.0 <= row["parse_fail_after"] <= row["parse_fail_before"] <= 1.0
+        assert row["calls"] >= 2 * 2 * 3 and row["completion_tokens"] > 0
+        assert row["judge"] in out
+    assert (tmp_path / "judge_eval.md").read_text().startswith("| judge |")
