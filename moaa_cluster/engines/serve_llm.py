@@ -46,7 +46,13 @@ def llm_config(spec: ModelSpec):
         bundles = [{"CPU": spec.cpus_per_replica}]
     env = {
         k: os.environ[k]
-        for k in ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        for k in (
+            "VLLM_CPU_KVCACHE_SPACE",
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "OMP_NUM_THREADS",
+            "VLLM_CPU_OMP_THREADS_BIND",
+        )
         if k in os.environ
     }
     return LLMConfig(

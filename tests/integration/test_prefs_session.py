@@ -44,8 +44,13 @@ def prefs_run(run_prefs, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("prefs_run")
     manifest = run_prefs(
         run_dir,
-        ["limit=3", "num_candidates=3", "sampling.max_tokens=64",
-         "judge.sampling.max_tokens=96", "judge.verdict_sampling.max_tokens=128"],
+        [
+            "limit=3",
+            "num_candidates=3",
+            "sampling.max_tokens=64",
+            "judge.sampling.max_tokens=96",
+            "judge.verdict_sampling.max_tokens=128",
+        ],
     )
     return run_dir, manifest
 
@@ -99,8 +104,15 @@ def test_prefs_feed_trl_dpo_trainer(prefs_run, models_dir, tmp_path):
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         train_dataset=ds,
         args=DPOConfig(
-            output_dir=str(tmp_path), beta=0.01, max_steps=1, per_device_train_batch_size=1,
-            max_length=256, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+            output_dir=str(tmp_path),
+            beta=0.01,
+            max_steps=1,
+            per_device_train_batch_size=1,
+            max_length=256,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
         ),
     )
     result = trainer.train()
@@ -116,16 +128,33 @@ def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, tm
     from moaa_cluster import build
     from moaa_cluster.pipeline.judge_eval import evaluate_judges
 
-    cfg = compose("judge_eval", [f"models_dir={models_dir}", f"pairs={HH}",
-                                 "judge.sampling.max_tokens=64", "judge.verdict_sampling.max_tokens=96"])
+    cfg = compose(
+        "judge_eval",
+        [
+            f"models_dir={models_dir}",
+            f"pairs={HH}",
+            "judge.sampling.max_tokens=64",
+            "judge.verdict_sampling.max_tokens=96",
+        ],
+    )
     judge, specs = build.judge(cfg.judge)
     judges = [judge, *(judge.single(m) for m in judge.models)]
     table = evaluate_judges(
-        HH, judges, specs, tmp_path, OmegaConf.to_container(cfg.cluster, resolve=True),
-        limit=2, progress=False, keep_engines=True,
+        HH,
+        judges,
+        specs,
+        tmp_path,
+        OmegaConf.to_container(cfg.cluster, resolve=True),
+        limit=2,
+        progress=False,
+        keep_engines=True,
     )
     out = capsys.readouterr().out
-    assert [r["judge"] for r in table] == ["embedded", "single:smollm2_135m_instruct", "single:gemma_3_270m"]
+    assert [r["judge"] for r in table] == [
+        "embedded",
+        "single:smollm2_135m_instruct",
+        "single:gemma_3_270m",
+    ]
     for row in table:
         assert row["pairs"] == 2
         assert abs(row["accuracy"] + row["wrong"] + row["ties"] - 1.0) < 1e-9
