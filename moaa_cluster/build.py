@@ -96,6 +96,7 @@ def judge(judge_cfg):
         sampling=dict(cfg.get("sampling") or {}),
         verdict_sampling=dict(cfg.get("verdict_sampling") or {}),
         recover=bool(cfg.get("recover", True)),
+        seed=cfg.get("seed"),
     )
     return spec, specs
 

@@ -24,6 +24,7 @@ SAMPLING_KEYS = (
     "presence_penalty",
     "frequency_penalty",
     "min_p",
+    "structured_outputs",
 )
 
 

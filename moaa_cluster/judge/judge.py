@@ -53,6 +53,7 @@ class JudgeSpec:
     sampling: dict = field(default_factory=dict, hash=False, compare=False)
     verdict_sampling: dict = field(default_factory=dict, hash=False, compare=False)
     recover: bool = True
+    seed: int | None = None  # per-call seeds derive from it and the comparison (reruns repeat)
 
     @property
     def models(self) -> list[str]:
@@ -70,7 +71,17 @@ class JudgeSpec:
             sampling=self.sampling,
             verdict_sampling=self.verdict_sampling,
             recover=self.recover,
+            seed=self.seed,
         )
+
+
+def _seeded(spec: JudgeSpec, sampling: dict, key: str, role: str) -> dict:
+    if spec.seed is None or sampling.get("seed") is not None:
+        return sampling
+    import hashlib
+
+    digest = hashlib.sha256(f"{spec.seed}:{key}:{role}".encode()).digest()
+    return {**sampling, "seed": int.from_bytes(digest[:4], "little") & 0x7FFFFFFF}
 
 
 def _user(text: str) -> list[dict]:
@@ -84,15 +95,24 @@ def _usage(counter: dict, completion) -> None:
 
 
 async def compare(
-    spec: JudgeSpec, backends: dict, prompt: list[dict], answer_a: str, answer_b: str
+    spec: JudgeSpec,
+    backends: dict,
+    prompt: list[dict],
+    answer_a: str,
+    answer_b: str,
+    key: str = "",
 ) -> dict:
-    """Judges one ordered pair. Returns the verdict and everything that led to it."""
+    """Judges one ordered pair. Returns the verdict and everything that led to it.
+
+    ``key`` names the comparison (row, candidates, order) so seeded sampling repeats on rerun.
+    """
     question = render_question(prompt)
     usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
     criteria, criteria_text, fallback = DEFAULT_CRITERIA, None, False
     if spec.criteria_filtering:
         sel = await backends[spec.criteria_model or spec.aggregator].chat(
-            _user(criteria_filter_prompt(question, answer_a, answer_b)), spec.sampling
+            _user(criteria_filter_prompt(question, answer_a, answer_b)),
+            _seeded(spec, spec.sampling, key, "criteria"),
         )
         _usage(usage, sel)
         criteria_text = sel.text
@@ -102,9 +122,10 @@ async def compare(
     critiques = await asyncio.gather(
         *(
             backends[m].chat(
-                _user(proposer_prompt(criteria, question, answer_a, answer_b)), spec.sampling
+                _user(proposer_prompt(criteria, question, answer_a, answer_b)),
+                _seeded(spec, spec.sampling, key, f"critique{n}"),
             )
-            for m in spec.proposers
+            for n, m in enumerate(spec.proposers)
         )
     )
     for c in critiques:
@@ -112,7 +133,9 @@ async def compare(
     agg_messages = _user(
         aggregator_prompt(criteria, question, answer_a, answer_b, [c.text for c in critiques])
     )
-    agg = await backends[spec.aggregator].chat(agg_messages, spec.verdict_sampling)
+    agg = await backends[spec.aggregator].chat(
+        agg_messages, _seeded(spec, spec.verdict_sampling, key, "verdict")
+    )
     _usage(usage, agg)
     verdict = parse_verdict(agg.text)
     winner, how, recovery_text = verdict.winner, verdict.how, None
@@ -125,7 +148,7 @@ async def compare(
         retry = await backends[spec.aggregator].chat(
             followup,
             {
-                **spec.verdict_sampling,
+                **_seeded(spec, spec.verdict_sampling, key, "recovery"),
                 "max_tokens": 8,
                 "structured_outputs": {"choice": VERDICT_CHOICES},
             },
@@ -148,12 +171,18 @@ async def compare(
 
 
 async def judge_pair(
-    spec: JudgeSpec, backends: dict, prompt: list[dict], answers: list[str], i: int, j: int
+    spec: JudgeSpec,
+    backends: dict,
+    prompt: list[dict],
+    answers: list[str],
+    i: int,
+    j: int,
+    key: str = "",
 ) -> tuple[PairResult, list[dict]]:
     """Judges candidates i and j in both orders; agreement wins, disagreement ties."""
     first, second = await asyncio.gather(
-        compare(spec, backends, prompt, answers[i], answers[j]),
-        compare(spec, backends, prompt, answers[j], answers[i]),
+        compare(spec, backends, prompt, answers[i], answers[j], f"{key}:{i}>{j}"),
+        compare(spec, backends, prompt, answers[j], answers[i], f"{key}:{j}>{i}"),
     )
     result = combine_orders(i, j, first["winner"], second["winner"])
     first.update(a=i, b=j)
@@ -167,6 +196,7 @@ async def rank(
     prompt: list[dict],
     answers: list[str],
     plan: str = "round_robin",
+    key: str = "",
 ) -> dict:
     """Ranks candidate answers with a comparison plan; picks chosen and rejected.
 
@@ -179,7 +209,7 @@ async def rank(
     results: list[PairResult] = []
     while pairs := p.next_pairs():
         done = await asyncio.gather(
-            *(judge_pair(spec, backends, prompt, answers, i, j) for i, j in pairs)
+            *(judge_pair(spec, backends, prompt, answers, i, j, key) for i, j in pairs)
         )
         batch = [r for r, _ in done]
         p.record(batch)

@@ -146,7 +146,10 @@ class JudgeEvalWorker:
         try:
             answers = [row["chosen"], row["rejected"]]
             done = await asyncio.gather(
-                *(judge_pair(j, self.backends, row["prompt"], answers, 0, 1) for j in self.judges)
+                *(
+                    judge_pair(j, self.backends, row["prompt"], answers, 0, 1, key=row["id"])
+                    for j in self.judges
+                )
             )
             out["results"] = json.dumps(
                 {

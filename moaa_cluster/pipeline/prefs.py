@@ -172,7 +172,7 @@ class PrefsWorker:
         if len(set(texts)) == 1:
             out["status"] = "identical"
         else:
-            ranked = await rank(self.judge, self.backends, prompt, texts, s.plan)
+            ranked = await rank(self.judge, self.backends, prompt, texts, s.plan, key=row["id"])
             out["scores"] = ranked["scores"]
             out["judge"] = json.dumps(
                 {"pairs": ranked["pairs"], "comparisons": ranked["comparisons"]}, ensure_ascii=False

@@ -23,8 +23,9 @@ def mt_bench_run(run_synth, tmp_path_factory) -> tuple[Path, dict]:
         [
             "dataset=mt_bench",
             f"dataset.sources.mt_bench.path={MT_BENCH}",
-            "limit=4",
+            "limit=3",
             "record_prompts=true",
+            "mixture.sampling.max_tokens=96",
             "cluster.batch_size=2",  # two blocks, so resume has shards to keep and to redo
         ],
     )
@@ -33,10 +34,10 @@ def mt_bench_run(run_synth, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_mt_bench_first_questions(mt_bench_run):
     run_dir, manifest = mt_bench_run
-    assert manifest["counts"]["rows_ok"] == 4
-    assert manifest["counts"]["multi_turn_rows"] == 4
+    assert manifest["counts"]["rows_ok"] == 3
+    assert manifest["counts"]["multi_turn_rows"] == 3
     rows = pq.read_table(run_dir / "sft.parquet").to_pylist()
-    questions = [json.loads(x) for x in MT_BENCH.read_text().splitlines()[:4]]
+    questions = [json.loads(x) for x in MT_BENCH.read_text().splitlines()[:3]]
     assert sorted(r["source_id"] for r in rows) == sorted(str(q["question_id"]) for q in questions)
     by_sid = {r["source_id"]: r for r in rows}
     for q in questions:
@@ -65,12 +66,13 @@ def test_resume_redoes_only_missing_rows(mt_bench_run, run_synth):
         [
             "dataset=mt_bench",
             f"dataset.sources.mt_bench.path={MT_BENCH}",
-            "limit=4",
+            "limit=3",
             "record_prompts=true",
+            "mixture.sampling.max_tokens=96",
             "cluster.batch_size=2",
         ],
     )
-    assert again["counts"]["rows_resumed"] == 4 - len(lost)
+    assert again["counts"]["rows_resumed"] == 3 - len(lost)
     after = pq.read_table(run_dir / "sft.parquet").to_pylist()
     assert sorted(r["id"] for r in after) == sorted(before)  # every id exactly once
     for r in after:
