@@ -16,6 +16,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 TASKS = {
     "synth": "stage 1: MoA synthesis of SFT data (Hydra overrides: mixture=, dataset=, cluster=)",
     "models": "prepare or list the packaged models (`moaa models prepare|list`)",
+    "sample": "N candidate answers per prompt from any model (e.g. an SFT checkpoint)",
     "prefs": "stage 2: sample N candidates, rank them with the MoA judge, write DPO pairs",
     "judge-eval": "accuracy / position consistency / parse failures of MoA and single judges",
     "derive": "ablation datasets from a synth run: single teacher, Combined-N, Random-N",
@@ -71,7 +72,11 @@ def _run_synth(cfg) -> None:
     )
 
 
-def _run_prefs(cfg) -> None:
+def _run_sample(cfg) -> None:
+    _run_prefs(cfg, sample_only=True)
+
+
+def _run_prefs(cfg, sample_only: bool = False) -> None:
     from omegaconf import OmegaConf
 
     from moaa_cluster import build, runtime
@@ -79,7 +84,7 @@ def _run_prefs(cfg) -> None:
 
     runtime.set_offline(cfg.cluster.get("env"))
     runtime.configure_logging()
-    judge, specs = build.judge(cfg.judge)
+    judge, specs = (None, {}) if sample_only else build.judge(cfg.judge)
     specs[SAMPLER] = build.model_specs({SAMPLER: cfg.sampler})[SAMPLER]
     make_preferences(
         build.sources(cfg.dataset),
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return _derive(rest)
     hydra_tasks = {
         "synth": ("synth", _run_synth),
+        "sample": ("sample", _run_sample),
         "prefs": ("prefs", _run_prefs),
         "judge-eval": ("judge_eval", _run_judge_eval),
     }

@@ -69,7 +69,7 @@ SHARD_SCHEMA = pa.schema(
         ("scores", pa.list_(pa.float64())),
         ("chosen_index", pa.int32()),
         ("rejected_index", pa.int32()),
-        ("status", pa.string()),  # ok | identical | no_preference
+        ("status", pa.string()),  # ok | identical | no_preference | sampled
         ("judge", pa.string()),  # JSON: every comparison (criteria, critiques, verdicts)
         *[(f"judge_{f}", pa.int64()) for f in COUNT_FIELDS],
         ("error", pa.string()),
@@ -136,7 +136,7 @@ def candidate_seed(base: int | None, row_id: str, k: int) -> int | None:
 class PrefsWorker:
     """Ray Data actor: sample candidates, judge them, pick the pair, for each row of a batch."""
 
-    def __init__(self, judge: JudgeSpec, specs: dict, settings: PrefsSettings):
+    def __init__(self, judge: JudgeSpec | None, specs: dict, settings: PrefsSettings):
         from moaa_cluster.engines.backends import make_backend
 
         self.judge = judge
@@ -171,6 +171,8 @@ class PrefsWorker:
         out["candidate_tokens"] = [c.completion_tokens for c in samples]
         if len(set(texts)) == 1:
             out["status"] = "identical"
+        elif self.judge is None:  # `moaa sample`: candidates only
+            out["status"] = "sampled"
         else:
             ranked = await rank(self.judge, self.backends, prompt, texts, s.plan, key=row["id"])
             out["scores"] = ranked["scores"]
@@ -192,11 +194,28 @@ class PrefsWorker:
         yield pa.Table.from_pylist(results, schema=SHARD_SCHEMA)
 
 
-def write_outputs(run_dir: Path, input_rejects: list[dict]) -> dict:
-    """Consolidates shards into ``prefs.parquet`` (TRL preference format) and rejects."""
+CANDIDATE_COLUMNS = ["id", "source", "source_id", "prompt", "candidates", "candidate_tokens"]
+
+
+def write_outputs(run_dir: Path, input_rejects: list[dict], sample_only: bool = False) -> dict:
+    """Consolidates shards into ``prefs.parquet`` (TRL preference format) and rejects.
+
+    With ``sample_only`` (``moaa sample``) it writes ``candidates.parquet`` instead.
+    """
     from moaa_cluster.pipeline.io import append_jsonl
 
     done, failed = consolidate(run_dir)
+    if sample_only:
+        sampled = sorted((r for r in done if r["status"] == "sampled"), key=lambda r: r["id"])
+        schema = pa.schema([SHARD_SCHEMA.field(c) for c in CANDIDATE_COLUMNS])
+        tmp = Path(run_dir) / ".candidates.parquet.tmp"
+        pq.write_table(
+            pa.Table.from_pylist(
+                [{c: r[c] for c in CANDIDATE_COLUMNS} for r in sampled], schema=schema
+            ),
+            tmp,
+        )
+        tmp.rename(Path(run_dir) / "candidates.parquet")
     pairs = sorted((r for r in done if r["status"] == "ok"), key=lambda r: (r["source"], r["id"]))
     schema = pa.schema([SHARD_SCHEMA.field(c) for c in PAIR_COLUMNS])
     tmp = Path(run_dir) / ".prefs.parquet.tmp"
@@ -208,7 +227,7 @@ def write_outputs(run_dir: Path, input_rejects: list[dict]) -> dict:
         "identical": "all candidates identical: no preference to learn",
         "no_preference": "judge scores show no strict preference among the candidates",
     }
-    skipped = [r for r in done if r["status"] != "ok"]
+    skipped = [r for r in done if r["status"] in reasons]
     rejects_path = Path(run_dir) / "rejects.jsonl"
     rejects_path.unlink(missing_ok=True)
     append_jsonl(rejects_path, input_rejects)
@@ -235,9 +254,10 @@ def write_outputs(run_dir: Path, input_rejects: list[dict]) -> dict:
             for r in failed
         ],
     )
-    judged = [r for r in done if r["status"] != "identical"]
+    judged = [r for r in done if r["status"] in ("ok", "no_preference")]
     totals = {f: sum(r[f"judge_{f}"] or 0 for r in judged) for f in COUNT_FIELDS}
     return {
+        "candidate_sets": sum(r["status"] in ("ok", "no_preference", "sampled") for r in done),
         "pairs": len(pairs),
         "skipped_identical": sum(r["status"] == "identical" for r in done),
         "skipped_no_preference": sum(r["status"] == "no_preference" for r in done),
@@ -251,7 +271,7 @@ def write_outputs(run_dir: Path, input_rejects: list[dict]) -> dict:
 
 def make_preferences(
     sources: list,
-    judge: JudgeSpec,
+    judge: JudgeSpec | None,
     specs: dict[str, ModelSpec],
     settings: PrefsSettings,
     run_dir: Path,
@@ -263,7 +283,10 @@ def make_preferences(
     keep_engines: bool = False,
     manifest_extra: dict | None = None,
 ) -> dict:
-    """Runs stage 2 end to end into ``run_dir``; ``specs`` holds ``sampler`` and judge models."""
+    """Runs stage 2 end to end into ``run_dir``; ``specs`` holds ``sampler`` and judge models.
+
+    With ``judge=None`` it only samples the candidates (``moaa sample``).
+    """
     import shutil
 
     from moaa_cluster import runtime
@@ -303,15 +326,17 @@ def make_preferences(
                 )
             finally:
                 timings["sample_and_judge"] = time.monotonic() - t0
-    counts = write_outputs(run_dir, rejects)
+    counts = write_outputs(run_dir, rejects, sample_only=judge is None)
     counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
     timings["total"] = time.monotonic() - t_start
     manifest = {
-        "task": "prefs",
+        "task": "prefs" if judge else "sample",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "counts": counts,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "judge": {
+        "judge": None
+        if judge is None
+        else {
             "name": judge.name,
             "proposers": judge.proposers,
             "aggregator": judge.aggregator,
@@ -322,6 +347,16 @@ def make_preferences(
         **(manifest_extra or {}),
     }
     save_json(run_dir / "manifest.json", manifest)
+    if judge is None:
+        print(
+            f"candidate sets: {counts['candidate_sets']} x {settings.num_candidates} "
+            f"(skipped: {counts['skipped_identical']} identical; {counts['rows_failed']} failed, "
+            f"{counts['rejects_input']} rejected on input)\n"
+            "wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + "\n"
+            f"output: {run_dir / 'candidates.parquet'}  (rejects: rejects.jsonl)",
+            flush=True,
+        )
+        return manifest
     j = counts["judge"]
     print(
         f"pairs: {counts['pairs']} (skipped: {counts['skipped_identical']} identical, "

@@ -20,9 +20,11 @@ def run_prefs(compose, models_dir, ray_session):
     from moaa_cluster import build
     from moaa_cluster.pipeline.prefs import SAMPLER, make_preferences
 
-    def _run(run_dir: Path, overrides: list[str]) -> dict:
-        cfg = compose("prefs", [f"models_dir={models_dir}", *overrides])
-        judge, specs = build.judge(cfg.judge)
+    def _run(run_dir: Path, overrides: list[str], sample_only: bool = False) -> dict:
+        cfg = compose(
+            "sample" if sample_only else "prefs", [f"models_dir={models_dir}", *overrides]
+        )
+        judge, specs = (None, {}) if sample_only else build.judge(cfg.judge)
         specs[SAMPLER] = build.model_specs({SAMPLER: cfg.sampler})[SAMPLER]
         return make_preferences(
             build.sources(cfg.dataset),
@@ -162,3 +164,20 @@ def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, tm
         assert row["calls"] >= 2 * 2 * 3 and row["completion_tokens"] > 0
         assert row["judge"] in out
     assert (tmp_path / "judge_eval.md").read_text().startswith("| judge |")
+
+
+def test_sample_writes_distinct_seeded_candidates(run_prefs, tmp_path):
+    """`moaa sample`: N candidates per prompt at T=0.8, one seed each; rerun repeats them."""
+    manifest = run_prefs(tmp_path, ["limit=2", "num_candidates=3", "sampling.max_tokens=48"], True)
+    assert manifest["task"] == "sample"
+    assert manifest["counts"]["candidate_sets"] + manifest["counts"]["skipped_identical"] == 2
+    rows = pq.read_table(tmp_path / "candidates.parquet").to_pylist()
+    for r in rows:
+        assert len(r["candidates"]) == 3 and len(set(r["candidates"])) > 1
+        assert all(t > 0 for t in r["candidate_tokens"])
+    again = run_prefs(
+        tmp_path / "again", ["limit=2", "num_candidates=3", "sampling.max_tokens=48"], True
+    )
+    assert again["counts"]["candidate_sets"] == manifest["counts"]["candidate_sets"]
+    rows2 = pq.read_table(tmp_path / "again" / "candidates.parquet").to_pylist()
+    assert [r["candidates"] for r in rows2] == [r["candidates"] for r in rows]  # seeded

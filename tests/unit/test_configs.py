@@ -321,3 +321,33 @@ def test_validate_missing_checkpoint(tmp_path):
     ModelSpec(name="m", path=str(missing)).validate()
     # check_files=False never looks at the disk
     ModelSpec(name="m", path=str(tmp_path / "nowhere")).validate(check_files=False)
+
+
+JUDGE_FILES = sorted((CONF / "judge").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", JUDGE_FILES, ids=lambda p: p.stem)
+def test_judge_composes_and_builds(compose, path):
+    cfg = compose("prefs", [f"judge={path.stem}"])
+    judge, specs = build.judge(cfg.judge)
+    for spec in specs.values():
+        spec.validate(check_files=False)
+    assert set(judge.models) <= set(specs)
+    assert judge.single(judge.aggregator).proposers == (judge.aggregator,)
+
+
+def test_paper_stage2_judge_shares_qwen2_between_roles(compose):
+    cfg = compose("prefs", ["judge=paper_stage2", "cluster=slurm_a100"])
+    judge, specs = build.judge(cfg.judge)
+    names = [specs[k].name for k in judge.proposers]
+    assert names == ["gemma-2-27b-it", "Llama-3.1-70B-Instruct", "Qwen2-72B-Instruct"]
+    assert specs[judge.aggregator].name == "Qwen2-72B-Instruct"
+    assert judge.aggregator in judge.proposers  # one model key: one engine for both roles
+    assert len(judge.models) == 3
+
+
+@pytest.mark.parametrize("task", ["sample", "prefs", "judge_eval"])
+def test_task_configs_compose(compose, task):
+    overrides = ["pairs=/tmp/x.jsonl"] if task == "judge_eval" else []
+    cfg = compose(task, overrides)
+    assert cfg.task == task
