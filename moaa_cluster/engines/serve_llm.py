@@ -42,7 +42,6 @@ def llm_config(spec: ModelSpec):
     if spec.accelerator_type:
         bundles = [{"GPU": 1, "CPU": 1}] * spec.tensor_parallel_size
     else:
-        engine_kwargs.setdefault("distributed_executor_backend", "uni")
         bundles = [{"CPU": spec.cpus_per_replica}]
     env = {
         k: os.environ[k]
