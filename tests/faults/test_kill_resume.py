@@ -13,6 +13,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
+def _kill_orphaned_engines(since: float) -> list[str]:
+    """SIGKILL of the driver's session leaves vLLM worker processes re-parented to init
+    (they are not in its process group). Clean them up so the rerun is not starved; the
+    caller reports them (a known gap, see issue #6)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "ppid", "create_time", "cmdline", "name"]):
+        title = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
+        if p.info["ppid"] == 1 and p.info["create_time"] >= since and title.startswith("VLLM::"):
+            found.append(f"{p.info['pid']} {title}")
+            p.kill()
+    return found
+
+
 def _shard_rows(run_dir: Path) -> dict[str, dict]:
     rows = {}
     for f in sorted((run_dir / "shards").glob("*.parquet")):
@@ -31,8 +46,10 @@ def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_
         f"output_root={out_root}",
         "limit=24",
         "cluster.batch_size=4",
+        "cluster.workers=2",
         "mixture.sampling.max_tokens=48",
     ]
+    started = time.time()
     env = {**os.environ, "MOAA_MODELS_DIR": str(models_dir)}
     run_dir = out_root / "synth-embedded-embedded_demo"
     log = tmp_path / "first.log"
@@ -49,6 +66,9 @@ def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_
     assert proc.poll() is None, f"run ended before the kill: {log.read_text()[-2000:]}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(3)
+    orphans = _kill_orphaned_engines(started)
+    print(f"orphaned engine processes after kill -9: {orphans}")
     before = _shard_rows(run_dir)
     assert 2 * 4 <= len(before) < 24  # killed mid-run, with finished blocks on disk
     assert not (run_dir / "sft.parquet").exists()

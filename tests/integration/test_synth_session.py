@@ -26,7 +26,7 @@ def mt_bench_run(run_synth, tmp_path_factory) -> tuple[Path, dict]:
             "limit=3",
             "record_prompts=true",
             "mixture.sampling.max_tokens=96",
-            "cluster.batch_size=2",  # two blocks, so resume has shards to keep and to redo
+            "cluster.batch_size=1",  # one shard per row, so resume has shards to keep and to redo
         ],
     )
     return run_dir, manifest
@@ -69,7 +69,7 @@ def test_resume_redoes_only_missing_rows(mt_bench_run, run_synth):
             "limit=3",
             "record_prompts=true",
             "mixture.sampling.max_tokens=96",
-            "cluster.batch_size=2",
+            "cluster.batch_size=1",
         ],
     )
     assert again["counts"]["rows_resumed"] == 3 - len(lost)
