@@ -227,6 +227,11 @@ def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
         )
     lines.append("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     lines.append(f"output: {Path(run_dir) / 'sft.parquet'}  (rejects: rejects.jsonl)")
+    if counts["rows_failed"]:
+        lines.append(
+            f"WARNING: {counts['rows_failed']} rows failed in inference (reasons in rejects.jsonl); "
+            "rerun the same command to retry only those rows"
+        )
     return lines
 
 
