@@ -115,8 +115,8 @@ def _records(src: Source) -> Iterator[tuple[str, object]]:
         raise ValueError(f"source {src.name}: set path or hub_id")
 
 
-def load_rows(sources: list[Source]) -> tuple[list[dict], list[dict]]:
-    """Reads, samples, validates and ids every source.
+def load_rows(sources: list[Source], limit: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Reads, samples, validates and ids every source; keeps at most ``limit`` rows in all.
 
     Returns:
         ``(rows, rejects)``. A row has ``id, source, source_id, system, turns``; a reject
@@ -155,6 +155,8 @@ def load_rows(sources: list[Source]) -> tuple[list[dict], list[dict]]:
                 )
                 continue
             seen[row_id] = where
+            if limit is not None and len(rows) >= limit:
+                continue
             rows.append(
                 {
                     "id": row_id,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
-from moaa_cluster.pipeline.stage import check_writable, consolidate, finished_ids, stream_rows
+from moaa_cluster.pipeline.stage import consolidate, finished_ids, open_run, stream_rows
 from moaa_cluster.pipeline.synth import MESSAGE, save_json
 
 _HH_TURN = re.compile(r"\n\nHuman: |\n\nAssistant: ")
@@ -233,10 +233,7 @@ def evaluate_judges(
     from moaa_cluster.pipeline.io import append_jsonl
 
     t_start = time.monotonic()
-    run_dir = Path(run_dir)
-    check_writable(run_dir)
-    for spec in specs.values():
-        spec.validate()
+    run_dir = open_run(run_dir, specs.values())
     pairs, rejects = load_pairs(Path(pairs_path), limit)
     done = finished_ids(run_dir)
     todo = [p for p in pairs if p["id"] not in done]

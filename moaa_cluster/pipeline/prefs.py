@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.judge.judge import JudgeSpec, rank
 from moaa_cluster.pipeline.stage import (
-    check_writable,
     consolidate,
     finished_ids,
+    open_run,
     package_versions,
     stream_rows,
     with_retries,
@@ -287,23 +287,14 @@ def make_preferences(
 
     With ``judge=None`` it only samples the candidates (``moaa sample``).
     """
-    import shutil
-
     from moaa_cluster import runtime
     from moaa_cluster.pipeline.io import load_rows
 
     t_start = time.monotonic()
-    run_dir = Path(run_dir)
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    check_writable(run_dir)
     if SAMPLER not in specs:
         raise ValueError(f"specs need a {SAMPLER!r} model")
-    for spec in specs.values():
-        spec.validate()
-    rows, rejects = load_rows(sources)
-    if limit is not None:
-        rows = rows[:limit]
+    run_dir = open_run(run_dir, specs.values(), overwrite=overwrite)
+    rows, rejects = load_rows(sources, limit)
     done = finished_ids(run_dir)
     todo = [r for r in rows if r["id"] not in done]
     timings: dict[str, float] = {"read": time.monotonic() - t_start}

@@ -124,6 +124,23 @@ def check_writable(run_dir: Path) -> None:
         raise ConfigError(f"output directory {run_dir} is not writable: {exc.strerror}") from exc
 
 
+def open_run(run_dir: Path, specs, *, overwrite: bool = False) -> Path:
+    """Readies ``run_dir`` for a resumable run before anything starts.
+
+    Deletes it first with ``overwrite`` (otherwise its shards are resumed), checks that it
+    can be written, and validates every model spec (paths present, backend settings sane).
+    """
+    import shutil
+
+    run_dir = Path(run_dir)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    check_writable(run_dir)
+    for spec in specs:
+        spec.validate()
+    return run_dir
+
+
 def package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa.mixture import Mixture, conversation, run_row
 from moaa_cluster.pipeline.stage import (
-    check_writable,
     consolidate,
     finished_ids,
+    open_run,
     package_versions,
     stream_rows,
     with_retries,
@@ -321,22 +321,12 @@ def synthesize(
     manifest_extra: dict | None = None,
 ) -> dict:
     """Runs stage 1 end to end into ``run_dir``; returns the manifest it writes."""
-    import shutil
-
     from moaa_cluster import runtime
     from moaa_cluster.pipeline.io import load_rows
 
     t_start = time.monotonic()
-    run_dir = Path(run_dir)
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    check_writable(run_dir)
-    for spec in specs.values():
-        spec.validate()
-
-    rows, rejects = load_rows(sources)
-    if limit is not None:
-        rows = rows[:limit]
+    run_dir = open_run(run_dir, specs.values(), overwrite=overwrite)
+    rows, rejects = load_rows(sources, limit)
     rows, too_long = length_rejects(rows, mixture, specs, settings.defaults)
     rejects += too_long
     done = finished_ids(run_dir)
