@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.judge.judge import JudgeSpec, rank
@@ -29,6 +28,7 @@ from moaa_cluster.pipeline.stage import (
     package_versions,
     stream_rows,
     with_retries,
+    write_parquet_atomic,
 )
 from moaa_cluster.pipeline.synth import MESSAGE, save_json
 
@@ -205,24 +205,18 @@ def write_outputs(run_dir: Path, input_rejects: list[dict], sample_only: bool = 
     from moaa_cluster.pipeline.io import append_jsonl
 
     done, failed = consolidate(run_dir)
+
+    def table(rows: list[dict], columns: list[str]) -> pa.Table:
+        schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
+        return pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows], schema=schema)
+
     if sample_only:
         sampled = sorted((r for r in done if r["status"] == "sampled"), key=lambda r: r["id"])
-        schema = pa.schema([SHARD_SCHEMA.field(c) for c in CANDIDATE_COLUMNS])
-        tmp = Path(run_dir) / ".candidates.parquet.tmp"
-        pq.write_table(
-            pa.Table.from_pylist(
-                [{c: r[c] for c in CANDIDATE_COLUMNS} for r in sampled], schema=schema
-            ),
-            tmp,
+        write_parquet_atomic(
+            table(sampled, CANDIDATE_COLUMNS), Path(run_dir) / "candidates.parquet"
         )
-        tmp.rename(Path(run_dir) / "candidates.parquet")
     pairs = sorted((r for r in done if r["status"] == "ok"), key=lambda r: (r["source"], r["id"]))
-    schema = pa.schema([SHARD_SCHEMA.field(c) for c in PAIR_COLUMNS])
-    tmp = Path(run_dir) / ".prefs.parquet.tmp"
-    pq.write_table(
-        pa.Table.from_pylist([{c: r[c] for c in PAIR_COLUMNS} for r in pairs], schema=schema), tmp
-    )
-    tmp.rename(Path(run_dir) / "prefs.parquet")
+    write_parquet_atomic(table(pairs, PAIR_COLUMNS), Path(run_dir) / "prefs.parquet")
     reasons = {
         "identical": "all candidates identical: no preference to learn",
         "no_preference": "judge scores show no strict preference among the candidates",

@@ -30,15 +30,20 @@ def finished_ids(run_dir: Path) -> set[str]:
     return done
 
 
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Writes ``path`` via a hidden temp file + rename: a kill never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.rename(path)
+    return path
+
+
 def write_shard(run_dir: Path, table: pa.Table) -> Path:
-    """Writes one shard atomically (temp file + rename): a kill never leaves half a shard."""
+    """Writes one shard of finished rows atomically."""
     d = shard_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
-    name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = d / f".{name}.tmp"
-    pq.write_table(table, tmp)
-    tmp.rename(d / name)
-    return d / name
+    return write_parquet_atomic(table, d / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet")
 
 
 def consolidate(run_dir: Path) -> tuple[list[dict], list[dict]]:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa.mixture import Mixture, conversation, run_row
@@ -30,6 +29,7 @@ from moaa_cluster.pipeline.stage import (
     package_versions,
     stream_rows,
     with_retries,
+    write_parquet_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -173,9 +173,7 @@ def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) ->
             ]
         ),
     )
-    tmp = Path(run_dir) / ".sft.parquet.tmp"
-    pq.write_table(table, tmp)
-    tmp.rename(Path(run_dir) / "sft.parquet")
+    write_parquet_atomic(table, Path(run_dir) / "sft.parquet")
     rejects_path = Path(run_dir) / "rejects.jsonl"
     rejects_path.unlink(missing_ok=True)
     append_jsonl(rejects_path, input_rejects)
