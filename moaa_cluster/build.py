@@ -112,3 +112,116 @@ def prefs_settings(cfg):
         batch_size=max(1, int(cfg.cluster.batch_size) // 2),
         workers=int(cfg.cluster.workers),
     )
+
+
+def eval_settings(cfg):
+    """``EvalSettings`` for ``moaa eval`` from ``conf/eval.yaml``."""
+    from moaa_cluster.pipeline.evaluate import EvalSettings
+
+    baseline_sampling = cfg.get("baseline_sampling")
+    return EvalSettings(
+        sampling=_plain(cfg.sampling),
+        baseline_sampling=_plain(baseline_sampling) if baseline_sampling is not None else None,
+        seed=cfg.seed,
+        batch_size=int(cfg.cluster.batch_size),
+        workers=int(cfg.cluster.workers),
+        resamples=int(cfg.resamples),
+        confidence=float(cfg.confidence),
+        length_control=bool(cfg.length_control),
+    )
+
+
+def eval_judge(cfg):
+    """The evaluation judge and its model specs: the MoA judge, or one of its models alone."""
+    spec, specs = judge(cfg.judge)
+    key = cfg.get("single_judge")
+    if key is not None:
+        if key not in specs:
+            raise ConfigError(
+                f"single_judge {key!r} is not a model of judge {spec.name}: {sorted(specs)}"
+            )
+        spec = spec.single(key)
+    return spec, {k: specs[k] for k in spec.models}
+
+
+def train_settings(train_cfg, base_cfg, lora_cfg=None, seed: int = 0):
+    """``TrainSettings`` from a ``conf/train`` entry, the base model spec and optional LoRA.
+
+    The data file is filled in by the training run after it validates the data.
+    """
+    from moaa_cluster.training.settings import TrainSettings
+
+    train, base = _plain(train_cfg), _plain(base_cfg)
+    if not base.get("path"):
+        raise ConfigError(f"base model {base.get('name')}: training needs a local `path`")
+    known = set(TrainSettings.__dataclass_fields__) - {"kind", "base_model", "data_file", "lora"}
+    unknown = set(train) - known - {"name", "kind"}
+    if unknown:
+        raise ConfigError(f"train config {train.get('name')}: unknown keys {sorted(unknown)}")
+    return TrainSettings(
+        kind=train.get("kind", ""),
+        base_model=str(base["path"]),
+        data_file="",
+        lora=_plain(lora_cfg) if lora_cfg else None,
+        seed=int(seed),
+        trust_remote_code=bool(base.get("trust_remote_code", False)),
+        **{k: v for k, v in train.items() if k in known and k != "seed"},
+    )
+
+
+def train_scaling(cluster_cfg):
+    """Ray Train workers from ``cluster.train``."""
+    from moaa_cluster.training.ray_train import Scaling
+
+    train = _plain(cluster_cfg).get("train") or {}
+    unknown = set(train) - set(Scaling.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"cluster.train: unknown keys {sorted(unknown)}")
+    return Scaling(**train)
+
+
+def pipeline(cfg):
+    """All stages' objects for ``moaa pipeline`` (``conf/pipeline.yaml``)."""
+    from omegaconf import OmegaConf
+
+    from moaa_cluster.pipeline.end_to_end import PipelineParts
+
+    mix, synth_specs, defaults = mixture(cfg.mixture)
+    judge_spec, judge_specs = judge(cfg.judge)
+    base = model_specs({"base": cfg.base})["base"]
+    prefs_view = OmegaConf.create(
+        {**_plain(cfg.prefs), "seed": cfg.seed, "cluster": _plain(cfg.cluster)}
+    )
+    eval_view = OmegaConf.create(
+        {
+            "resamples": 1000,
+            "confidence": 0.95,
+            "length_control": True,
+            **_plain(cfg.eval),
+            "seed": cfg.seed,
+            "cluster": _plain(cfg.cluster),
+        }
+    )
+
+    def limit(stage_limit, dataset_cfg):
+        return stage_limit if stage_limit is not None else dataset_cfg.get("limit")
+
+    return PipelineParts(
+        synth_sources=sources(cfg.synth_data),
+        mixture=mix,
+        synth_specs=synth_specs,
+        synth_settings=synth_settings(cfg, defaults),
+        synth_limit=limit(cfg.synth.limit, cfg.synth_data),
+        sft_settings=train_settings(cfg.train_sft, cfg.base, cfg.get("sft_lora"), cfg.seed),
+        dpo_settings=train_settings(cfg.train_dpo, cfg.base, cfg.get("dpo_lora"), cfg.seed),
+        scaling=train_scaling(cfg.cluster),
+        prefs_sources=sources(cfg.prefs_data),
+        judge=judge_spec,
+        judge_specs=judge_specs,
+        prefs_settings=prefs_settings(prefs_view),
+        prefs_limit=limit(cfg.prefs.limit, cfg.prefs_data),
+        base=base,
+        eval_sources=sources(cfg.eval_data),
+        eval_settings=eval_settings(eval_view),
+        eval_limit=limit(cfg.eval.limit, cfg.eval_data),
+    )

@@ -20,6 +20,12 @@ TASKS = {
     "prefs": "stage 2: sample N candidates, rank them with the MoA judge, write DPO pairs",
     "judge-eval": "accuracy / position consistency / parse failures of MoA and single judges",
     "derive": "ablation datasets from a synth run: single teacher, Combined-N, Random-N",
+    "plan": "placement plan (TP, resident sets, layer by layer) + GPU-hours; starts nothing",
+    "eval": "pairwise win rate of a model vs a baseline (answers file or model), local judge",
+    "report": "markdown report with plots and a cost table of a run dir (`moaa report RUN_DIR`)",
+    "train-sft": "SFT (TRL) as a Ray Train job on a synth run; writes an HF checkpoint",
+    "train-dpo": "DPO (TRL, beta 0.01) as a Ray Train job on a prefs run",
+    "pipeline": "synth -> SFT -> sample + judge -> DPO -> eval -> report (`--from STAGE` redoes)",
 }
 
 log = logging.getLogger("moaa")
@@ -38,8 +44,10 @@ def _guarded(task: str, fn):
 
     def run(cfg) -> None:
         from moaa_cluster.engines.spec import ConfigError
+        from moaa_cluster.sweep import use_point_dir
 
         try:
+            use_point_dir(cfg)  # in a sweep, each point writes its own run directory
             fn(cfg)
         except (ConfigError, FileNotFoundError) as exc:
             print(f"moaa {task}: error: {exc}", file=sys.stderr)
@@ -124,7 +132,173 @@ def _run_judge_eval(cfg) -> None:
         workers=int(cfg.cluster.workers),
         progress=cfg.progress,
         keep_engines=cfg.keep_engines,
+        manifest_extra={"config": OmegaConf.to_container(cfg, resolve=True)},
     )
+
+
+def _run_eval(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from moaa_cluster import build, runtime
+    from moaa_cluster.engines.spec import ConfigError
+    from moaa_cluster.evaluation.answers import question_sources
+    from moaa_cluster.pipeline.evaluate import evaluate
+
+    runtime.set_offline(cfg.cluster.get("env"))
+    runtime.configure_logging()
+    if OmegaConf.is_missing(cfg, "questions"):
+        raise ConfigError("questions=<file> (or a list [a,b]) is required: the questions to answer")
+    if cfg.single_judge is not None and not _overridden("judge_label"):
+        cfg.judge_label = f"single-{cfg.single_judge}"  # run_name / output_dir follow it
+    judge, judge_specs = build.eval_judge(cfg)
+    baseline_model = cfg.get("baseline_model")
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    evaluate(
+        question_sources(plain["questions"]),
+        build.model_specs({"model": cfg.model})["model"],
+        judge,
+        judge_specs,
+        Path(cfg.output_dir),
+        OmegaConf.to_container(cfg.cluster, resolve=True),
+        baseline_answers=plain["baseline_answers"],
+        baseline_model=None
+        if baseline_model is None
+        else build.model_specs({"baseline": baseline_model})["baseline"],
+        baseline_name=cfg.baseline_name,
+        settings=build.eval_settings(cfg),
+        overwrite=cfg.overwrite,
+        limit=cfg.limit,
+        progress=cfg.progress,
+        keep_engines=cfg.keep_engines,
+        manifest_extra={"config": plain},
+    )
+
+
+def _overridden(key: str) -> bool:
+    """Whether the command line set ``key`` (Hydra keeps the overrides it was given)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return any(o.lstrip("+~").split("=", 1)[0] == key for o in HydraConfig.get().overrides.task)
+
+
+def _report(argv: list[str]) -> int:
+    from moaa_cluster.evaluation.report import main
+
+    return main(argv)
+
+
+def _run_train(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from moaa_cluster import build, runtime
+    from moaa_cluster.training.ray_train import fit
+
+    runtime.set_offline(cfg.cluster.get("env"))
+    runtime.configure_logging()
+    settings = build.train_settings(cfg.train, cfg.base, cfg.get("lora"), cfg.seed)
+    cluster = OmegaConf.to_container(cfg.cluster, resolve=True)
+    cluster["log_to_driver"] = True  # the trainer's progress and loss lines
+    fit(
+        settings.kind,
+        cfg.data,
+        settings,
+        Path(cfg.output_dir),
+        cluster,
+        build.train_scaling(cfg.cluster),
+        overwrite=cfg.overwrite,
+        limit=cfg.limit,
+        manifest_extra={"config": OmegaConf.to_container(cfg, resolve=True)},
+    )
+
+
+def _run_pipeline(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from moaa_cluster import build, runtime
+    from moaa_cluster.pipeline.end_to_end import run_pipeline
+
+    runtime.set_offline(cfg.cluster.get("env"))
+    runtime.configure_logging()
+    run_pipeline(
+        build.pipeline(cfg),
+        Path(cfg.output_dir),
+        OmegaConf.to_container(cfg.cluster, resolve=True),
+        from_stage=cfg.from_stage,
+        overwrite=cfg.overwrite,
+        progress=cfg.progress,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def _from_flag(argv: list[str]) -> list[str]:
+    """``--from STAGE`` (or ``--from=STAGE``) is sugar for the ``from_stage=STAGE`` override."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--from" and i + 1 < len(argv):
+            out.append(f"from_stage={argv[i + 1]}")
+            i += 2
+            continue
+        if argv[i].startswith("--from="):
+            out.append(f"from_stage={argv[i].split('=', 1)[1]}")
+        else:
+            out.append(argv[i])
+        i += 1
+    return out
+
+
+def _run_plan(cfg) -> None:
+    import json
+    import os
+
+    from omegaconf import OmegaConf
+
+    from moaa_cluster import build
+    from moaa_cluster.engines import planner
+    from moaa_cluster.engines.spec import ConfigError
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    if c["format"] not in ("table", "json"):
+        raise ConfigError(f"format must be table or json, got {c['format']!r}")
+    inv = dict(c["inventory"])
+    if not inv.get("gpus_per_node") and inv.get("cpu_memory_gb") is None:  # CPU: this host's RAM
+        inv["cpu_memory_gb"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    inventory = planner.Inventory.from_dict(inv)
+    settings = planner.PlanSettings.from_dict(c["settings"])
+    table = planner.ThroughputTable.from_dict(c["throughput"], c.get("measured"))
+    out = c.get("output_tokens")
+    note = (
+        f"{out:g} generated tokens per call"
+        if out
+        else "generated tokens = max_tokens, an upper bound"
+    )
+    plans = []
+    for stage in c["stages"]:
+        if stage == "synth":
+            mix, specs, defaults = build.mixture(cfg.mixture)
+            work = planner.synth_workload(
+                f"synth {cfg.mixture.name}", mix, defaults, c["turns"], out
+            )
+        elif stage == "prefs":
+            judge, specs = build.judge(cfg.judge)
+            specs["sampler"] = build.model_specs({"sampler": cfg.sampler})["sampler"]
+            pc = c["prefs"]
+            work = planner.prefs_workload(
+                f"prefs {cfg.judge.name}",
+                judge,
+                "sampler",
+                pc["num_candidates"],
+                pc["max_tokens"],
+                pc["plan"],
+                out,
+            )
+        else:
+            raise ConfigError(f"stages: unknown stage {stage!r}; known: synth, prefs")
+        specs = {k: planner.fill_from_checkpoint(v) for k, v in specs.items()}
+        plans.append(planner.plan(work, specs, inventory, settings, table, int(c["rows"]), note))
+    if c["format"] == "json":
+        print(json.dumps([p.to_dict() for p in plans], indent=2))
+    else:
+        print("\n\n".join(p.format() for p in plans))
 
 
 def _models(argv: list[str]) -> int:
@@ -179,17 +353,30 @@ def main(argv: list[str] | None = None) -> int:
     if task not in TASKS:
         print(f"moaa: unknown task {task!r}; tasks: {', '.join(TASKS)}", file=sys.stderr)
         return 2
+    from moaa_cluster import runtime
+
+    # before any library that reads these at import time (huggingface_hub, vllm) is loaded
+    runtime.set_offline()
     if task == "models":
         return _models(rest)
     if task == "derive":
         return _derive(rest)
+    if task == "report":
+        return _report(rest)
     hydra_tasks = {
         "synth": ("synth", _run_synth),
         "sample": ("sample", _run_sample),
         "prefs": ("prefs", _run_prefs),
         "judge-eval": ("judge_eval", _run_judge_eval),
+        "eval": ("eval", _run_eval),
+        "train-sft": ("train_sft", _run_train),
+        "train-dpo": ("train_dpo", _run_train),
+        "pipeline": ("pipeline", _run_pipeline),
+        "plan": ("plan", _run_plan),
     }
     config_name, fn = hydra_tasks[task]
+    if task == "pipeline":
+        rest = _from_flag(rest)
     return _hydra_task(task, config_name, rest, _guarded(task, fn))
 
 

@@ -18,17 +18,42 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "1",
     "VLLM_NO_USAGE_STATS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    "WANDB_MODE": "disabled",  # a trainer integration that imports wandb stays local
     "TOKENIZERS_PARALLELISM": "false",
     "VLLM_LOGGING_LEVEL": "WARNING",  # engine logs stay in Ray's log folder; override to debug
 }
+# Engine settings read from the driver's environment (or a cluster's ``env``) that every
+# engine process needs as well.
+ENGINE_ENV = (
+    "VLLM_CPU_KVCACHE_SPACE",
+    "OMP_NUM_THREADS",
+    "VLLM_CPU_OMP_THREADS_BIND",
+    "VLLM_HOST_IP",
+)
+_cluster_env_keys: set[str] = set()
 
 
 def set_offline(env_overrides: dict | None = None) -> None:
-    """Turns hub access and telemetry off unless the user's environment already decided."""
+    """Turns hub access and telemetry off unless the user's environment already decided.
+
+    ``env_overrides`` (a cluster config's ``env``) is applied on top and, like the offline
+    settings, handed to every Ray worker and engine process (:func:`worker_env`).
+    """
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     for key, value in (env_overrides or {}).items():
         os.environ[str(key)] = str(value)
+        _cluster_env_keys.add(str(key))
+
+
+def worker_env() -> dict[str, str]:
+    """The environment every Ray worker and engine gets: offline settings + cluster ``env``.
+
+    Ray workers on other nodes do not inherit the driver's environment, and Serve replicas
+    do not inherit a job's ``runtime_env`` in every setup, so both are given it explicitly.
+    """
+    keys = [*OFFLINE_ENV, *ENGINE_ENV, *sorted(_cluster_env_keys)]
+    return {k: os.environ[k] for k in keys if k in os.environ}
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -49,13 +74,41 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@contextmanager
+def _no_usage_stats_server(skip: bool) -> Iterator[None]:
+    """While Ray starts locally without a dashboard, keeps it from starting its API server.
+
+    Ray 2.60 starts an API server process even with the dashboard off, loading only its
+    usage-stats module, and that module probes cloud metadata endpoints at start
+    (169.254.169.254, and a DNS lookup of metadata.google.internal) whether or not usage
+    stats are enabled. With the dashboard and usage stats off the process has nothing else
+    to do, so it is not started; without it the run sends nothing off the host
+    (tests/integration/test_sweep_offline.py).
+    """
+    from ray._private import services
+
+    original = getattr(services, "start_api_server", None)
+    if not skip or original is None or os.environ.get("RAY_USAGE_STATS_ENABLED") != "0":
+        yield
+        return
+
+    def no_api_server(*args, **kwargs):
+        return None, None  # (dashboard url, process): Ray's node handles "not started"
+
+    services.start_api_server = no_api_server
+    try:
+        yield
+    finally:
+        services.start_api_server = original
+
+
 def init_ray(cluster: dict) -> None:
     """Starts a local Ray (``address: null``) or joins one; no-op when already connected."""
     import ray
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in OFFLINE_ENV if k in os.environ}
+    env = worker_env()
     env.update({str(k): str(v) for k, v in (cluster.get("env") or {}).items()})
     address = cluster.get("address") or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {
@@ -67,13 +120,15 @@ def init_ray(cluster: dict) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(
-            num_cpus=cluster.get("num_cpus"),
-            num_gpus=cluster.get("num_gpus"),
-            include_dashboard=bool(cluster.get("dashboard", False)),
-            dashboard_host=cluster.get("dashboard_host", "127.0.0.1"),
-            **kwargs,
-        )
+        dashboard = bool(cluster.get("dashboard", False))
+        with _no_usage_stats_server(skip=not dashboard):
+            ray.init(
+                num_cpus=cluster.get("num_cpus"),
+                num_gpus=cluster.get("num_gpus"),
+                include_dashboard=dashboard,
+                dashboard_host=cluster.get("dashboard_host", "127.0.0.1"),
+                **kwargs,
+            )
     configure_logging()  # Ray's init re-configures logging
     res = ray.cluster_resources()
     log.info(
@@ -104,26 +159,127 @@ def check_capacity(specs: list, cluster_resources: dict) -> None:
             )
 
 
+def ray_session() -> dict:
+    """Where this process's Ray lives: session directory (logs) and GCS address."""
+    import ray
+
+    info: dict = {"gcs_address": ray.get_runtime_context().gcs_address}
+    node = getattr(ray._private.worker, "_global_node", None)  # no public API for the dir
+    if node is not None:
+        info["session_dir"] = node.get_session_dir_path()
+    return info
+
+
+def placement_groups_in_use(name_parts: list[str] | None = None) -> list[str]:
+    """Placement groups that still hold (or wait for) resources, by name.
+
+    Args:
+        name_parts: Only groups whose name contains one of these (Serve names a replica's
+            group after the replica, ``SERVE_REPLICA::<app>#<deployment>#<id>``); ``None``
+            counts every group in the cluster.
+    """
+    from ray.util import placement_group_table
+
+    names = []
+    for pg_id, pg in placement_group_table().items():
+        if pg.get("state") == "REMOVED":
+            continue
+        name = pg.get("name") or pg_id
+        if name_parts is None or any(part in name for part in name_parts):
+            names.append(name)
+    return sorted(names)
+
+
+def release(specs: list, *, owns_ray: bool, timeout_s: float = 60.0) -> dict:
+    """Deletes this run's engines, checks their placement groups are gone, stops what it started.
+
+    With ``owns_ray`` (this run started Ray in-process) Serve and Ray are shut down too, so
+    the next run in this process (a sweep's next point) starts clean; a cluster this run only
+    joined keeps running, minus this run's engines.
+
+    Returns:
+        What was released: engine apps deleted, placement groups still in use after
+        ``timeout_s`` (empty when clean), and what became of Ray.
+    """
+    import ray
+    from ray import serve
+
+    from moaa_cluster.engines.serve_llm import app_name, stop_engines
+
+    try:
+        running = set(serve.status().applications)
+    except Exception:  # no Serve instance: nothing of ours is deployed
+        running = set()
+    ours = [s for s in specs if s.backend == "vllm" and app_name(s) in running]
+    apps = sorted({app_name(s) for s in ours})
+    stop_engines(ours)
+    # every group counts in a cluster we own; only our engines' groups in a shared one
+    scope = None if owns_ray else [f"::{a}#" for a in apps]
+    deadline = time.monotonic() + timeout_s
+    left = placement_groups_in_use(scope)
+    while left and time.monotonic() < deadline:
+        time.sleep(1.0)
+        left = placement_groups_in_use(scope)
+    if left:
+        log.warning("placement groups still in use after releasing the engines: %s", left)
+    report = {"engines_deleted": apps, "placement_groups_left": left}
+    if owns_ray:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+        report["ray"] = "shut down"
+    else:
+        report["ray"] = "left running (joined, not started by this run)"
+    return report
+
+
 @contextmanager
 def engines(
-    cluster: dict, specs: list, *, keep: bool = False, timings: dict | None = None
+    cluster: dict,
+    specs: list,
+    *,
+    keep: bool = False,
+    timings: dict | None = None,
+    report: dict | None = None,
 ) -> Iterator[None]:
     """Joins Ray, refuses what cannot be placed, starts the engines, and stops them after.
 
-    With ``keep`` the engines stay up for the next command on the same cluster.
+    On exit (also after a failure) the engines are deleted and their placement groups
+    checked; Ray itself is shut down if this call started it, so consecutive runs in one
+    process (sweep points) each start clean. With ``keep`` everything stays up for the next
+    command on the same cluster.
+
+    Args:
+        cluster: The cluster config (``conf/cluster``) as a plain mapping.
+        specs: Model specs whose ``vllm`` engines to host.
+        keep: Leave engines (and Ray) running.
+        timings: Receives ``engine_start`` seconds.
+        report: Receives the Ray session and, after exit, what :func:`release` released
+            (manifests record it).
     """
     import ray
 
-    from moaa_cluster.engines.serve_llm import start_engines, stop_engines
+    from moaa_cluster.engines.serve_llm import start_engines
+    from moaa_cluster.engines.watch import EngineWatcher
 
+    owns_ray = not ray.is_initialized()
     init_ray(cluster)
-    check_capacity(specs, ray.cluster_resources())
-    t0 = time.monotonic()
-    start_engines(specs)
-    if timings is not None:
-        timings["engine_start"] = time.monotonic() - t0
+    if report is not None:
+        report.update({**ray_session(), "started_by_run": owns_ray})
     try:
-        yield
+        check_capacity(specs, ray.cluster_resources())
+        t0 = time.monotonic()
+        start_engines(specs)
+        if timings is not None:
+            timings["engine_start"] = time.monotonic() - t0
+        with EngineWatcher(specs):  # logs an engine dying and Serve replacing it
+            yield
     finally:
-        if not keep:
-            stop_engines(specs)
+        if keep:
+            if report is not None:
+                report["ray"] = "kept running (keep_engines)"
+        else:
+            released = release(specs, owns_ray=owns_ray)
+            if report is not None:
+                report.update(released)

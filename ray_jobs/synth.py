@@ -1,8 +1,6 @@
-"""`ray job submit --working-dir . -- python -m ray_jobs.synth cluster=ray_address [overrides]`"""
+"""`ray job submit ... -- python -m ray_jobs.synth [overrides]`: runs `moaa synth` on the cluster."""
 
-import sys
-
-from moaa_cluster.cli import main
+from ray_jobs.task import run
 
 if __name__ == "__main__":
-    sys.exit(main(["synth", *sys.argv[1:]]))
+    run("synth")

@@ -8,7 +8,6 @@ disabled, so the engines are reachable only from inside the Ray cluster.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from moaa_cluster.engines.spec import ModelSpec
@@ -43,17 +42,11 @@ def llm_config(spec: ModelSpec):
         bundles = [{"GPU": 1, "CPU": 1}] * spec.tensor_parallel_size
     else:
         bundles = [{"CPU": spec.cpus_per_replica}]
-    env = {
-        k: os.environ[k]
-        for k in (
-            "VLLM_CPU_KVCACHE_SPACE",
-            "HF_HUB_OFFLINE",
-            "TRANSFORMERS_OFFLINE",
-            "OMP_NUM_THREADS",
-            "VLLM_CPU_OMP_THREADS_BIND",
-        )
-        if k in os.environ
-    }
+    from moaa_cluster.runtime import worker_env
+
+    # A deployment with its own runtime_env does not get the job's (Serve only copies the
+    # working_dir), so the offline settings and the cluster's env are passed here in full.
+    env = worker_env()
     return LLMConfig(
         model_loading_config=ModelLoadingConfig(model_id=spec.name, model_source=spec.source),
         accelerator_type=spec.accelerator_type,

@@ -36,6 +36,12 @@ class ModelSpec:
         cpus_per_replica: Logical CPUs one replica reserves.
         trust_remote_code: Off unless a config turns it on.
         engine_kwargs: Extra vLLM engine arguments.
+        params_b: Billions of parameters (all experts of an MoE), for planning.
+        num_hidden_layers: Transformer layers, from the checkpoint's ``config.json``; with
+            the two fields below it sizes the KV cache for planning (optional).
+        num_attention_heads: Query heads; a tensor-parallel size must divide it (vLLM).
+        num_key_value_heads: Key/value heads (fewer than query heads under GQA).
+        head_dim: Size of one attention head.
     """
 
     name: str
@@ -55,7 +61,12 @@ class ModelSpec:
     cpus_per_replica: float = 1.0
     trust_remote_code: bool = False
     engine_kwargs: dict = field(default_factory=dict)
-    params_b: float | None = None  # billions of parameters, for planning
+    params_b: float | None = None
+    # architecture facts for the placement planner (engines/planner.py); all optional
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
 
     @property
     def source(self) -> str:
@@ -76,11 +87,37 @@ class ModelSpec:
             raise ConfigError(f"model {self.name}: set path (local checkpoint) or hub_id")
         if self.tensor_parallel_size < 1:
             raise ConfigError(f"model {self.name}: tensor_parallel_size must be >= 1")
+        self._validate_architecture()
         if check_files and self.path:
             p = Path(os.path.expanduser(self.path))
             if not (p / "config.json").exists():
                 hint = " (run `moaa models prepare`)" if "models" in str(p) else ""
                 raise ConfigError(f"model {self.name}: no checkpoint at {p}{hint}")
+
+    def _validate_architecture(self) -> None:
+        """Planning facts must be positive integers that agree with each other."""
+        if self.params_b is not None and not self.params_b > 0:
+            raise ConfigError(f"model {self.name}: params_b must be > 0, got {self.params_b!r}")
+        for key in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim"):
+            value = getattr(self, key)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ConfigError(
+                    f"model {self.name}: {key} must be a positive integer, got {value!r}"
+                )
+        heads, kv_heads = self.num_attention_heads, self.num_key_value_heads
+        if heads and kv_heads and heads % kv_heads:
+            raise ConfigError(
+                f"model {self.name}: num_key_value_heads {kv_heads} must divide "
+                f"num_attention_heads {heads}"
+            )
+        # vLLM shards query heads evenly over the tensor-parallel group and refuses otherwise
+        if heads and heads % self.tensor_parallel_size:
+            raise ConfigError(
+                f"model {self.name}: tensor_parallel_size {self.tensor_parallel_size} must divide "
+                f"num_attention_heads {heads}"
+            )
 
 
 def spec_from_dict(name: str, cfg: dict) -> ModelSpec:

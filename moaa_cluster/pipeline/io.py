@@ -16,7 +16,10 @@ from pathlib import Path
 
 from moaa_cluster.pipeline.adapters import Reject, stable_id, to_conversation
 
-BUILTIN = {"demo": Path(__file__).resolve().parent.parent / "data" / "demo.jsonl"}
+_DATA = Path(__file__).resolve().parent.parent / "data"
+# demo: 40 conversations we wrote (32 single-turn, 8 two-turn); heldout: 12 other single-turn
+# instructions the embedded pipeline evaluates on (never trained on)
+BUILTIN = {"demo": _DATA / "demo.jsonl", "heldout": _DATA / "heldout.jsonl"}
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,7 @@ def evaluate_judges(
     workers: int = 2,
     progress: bool = True,
     keep_engines: bool = False,
+    manifest_extra: dict | None = None,
 ) -> list[dict]:
     """Judges every labeled pair with every judge; writes and prints the metrics table."""
     from moaa_cluster import runtime
@@ -238,8 +239,11 @@ def evaluate_judges(
     done = finished_ids(run_dir)
     todo = [p for p in pairs if p["id"] not in done]
     timings: dict[str, float] = {}
+    ray_report: dict = {}  # Ray session, engines released, placement groups left
     if todo:
-        with runtime.engines(cluster, list(specs.values()), keep=keep_engines, timings=timings):
+        with runtime.engines(
+            cluster, list(specs.values()), keep=keep_engines, timings=timings, report=ray_report
+        ):
             t0 = time.monotonic()
             stream_rows(
                 todo,
@@ -274,6 +278,35 @@ def evaluate_judges(
     save_json(
         run_dir / "judge_eval.json",
         {"table": table, "timings_s": timings, "pairs": len(pairs), "rejects": len(rejects)},
+    )
+    n_failed = sum(1 for r in failed if r["id"] in wanted)
+    save_json(
+        run_dir / "manifest.json",
+        {
+            "task": "judge_eval",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "counts": {
+                "pairs": len(pairs),
+                "judged": len(finished),
+                "rows_failed": n_failed,
+                "rejects_input": len(rejects),
+                "per_judge": {
+                    row["judge"]: {
+                        k: row[k] for k in ("calls", "prompt_tokens", "completion_tokens")
+                    }
+                    for row in table
+                },
+            },
+            "metrics": {
+                row["judge"]: {
+                    k: row[k] for k in ("accuracy", "position_consistency", "parse_fail_after")
+                }
+                for row in table
+            },
+            "timings_s": {k: round(v, 2) for k, v in timings.items()},
+            "ray": ray_report or None,
+            **(manifest_extra or {}),
+        },
     )
     print(text, flush=True)
     return table

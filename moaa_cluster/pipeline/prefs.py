@@ -30,7 +30,7 @@ from moaa_cluster.pipeline.stage import (
     with_retries,
     write_parquet_atomic,
 )
-from moaa_cluster.pipeline.synth import MESSAGE, save_json
+from moaa_cluster.pipeline.synth import MESSAGE, model_record, save_json
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ SHARD_SCHEMA = pa.schema(
         *[(f"judge_{f}", pa.int64()) for f in COUNT_FIELDS],
         ("error", pa.string()),
         ("finished_at", pa.float64()),
+        ("retries", pa.int32()),  # transient engine errors survived (an engine restarting)
     ]
 )
 PAIR_COLUMNS = [
@@ -146,13 +147,19 @@ class PrefsWorker:
     async def _one(self, row: dict) -> dict:
         out = {k: row.get(k) for k in ("id", "source", "source_id")}
         out.update(error=None, status=None, prompt=[], chosen=[], rejected=[], candidates=[])
+        retries: list[int] = []
         try:
             prompt = prompt_messages(row)
             out["prompt"] = prompt
-            await with_retries(lambda: self._sample_and_rank(row, prompt, out))
+            await with_retries(
+                lambda: self._sample_and_rank(row, prompt, out),
+                label=f"row {row['id']}",
+                on_retry=lambda n, exc: retries.append(n),
+            )
         except Exception as exc:  # recorded per row; the run goes on
             out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
         out["finished_at"] = time.time()
+        out["retries"] = len(retries)
         return out
 
     async def _sample_and_rank(self, row: dict, prompt: list[dict], out: dict) -> None:
@@ -256,6 +263,7 @@ def write_outputs(run_dir: Path, input_rejects: list[dict], sample_only: bool = 
         "skipped_identical": sum(r["status"] == "identical" for r in done),
         "skipped_no_preference": sum(r["status"] == "no_preference" for r in done),
         "rows_failed": len(failed),
+        "rows_retried": sum(1 for r in done + failed if r.get("retries")),
         "rejects_input": len(input_rejects),
         "judge": totals,
         "verdict_parse_failure_rate": totals["verdict_unparsed"] / max(1, totals["comparisons"]),
@@ -292,8 +300,11 @@ def make_preferences(
     done = finished_ids(run_dir)
     todo = [r for r in rows if r["id"] not in done]
     timings: dict[str, float] = {"read": time.monotonic() - t_start}
+    ray_report: dict = {}  # Ray session, engines released, placement groups left
     if todo:
-        with runtime.engines(cluster, list(specs.values()), keep=keep_engines, timings=timings):
+        with runtime.engines(
+            cluster, list(specs.values()), keep=keep_engines, timings=timings, report=ray_report
+        ):
             t0 = time.monotonic()
             try:
                 stream_rows(
@@ -319,6 +330,7 @@ def make_preferences(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "counts": counts,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "models": {k: model_record(s) for k, s in specs.items()},
         "judge": None
         if judge is None
         else {
@@ -328,10 +340,17 @@ def make_preferences(
             "criteria_filtering": judge.criteria_filtering,
             "plan": settings.plan,
         },
+        "ray": ray_report or None,
         "versions": package_versions(),
         **(manifest_extra or {}),
     }
     save_json(run_dir / "manifest.json", manifest)
+    if counts["rows_retried"]:
+        print(
+            f"retried: {counts['rows_retried']} rows hit a transient engine error (an engine "
+            "restarting) and were run again",
+            flush=True,
+        )
     if judge is None:
         print(
             f"candidate sets: {counts['candidate_sets']} x {settings.num_candidates} "

@@ -60,6 +60,7 @@ SHARD_SCHEMA = pa.schema(
         ("calls", pa.list_(CALL)),
         ("error", pa.string()),
         ("finished_at", pa.float64()),
+        ("retries", pa.int32()),  # transient engine errors survived (an engine restarting)
     ]
 )
 INPUT_SCHEMA = pa.schema(
@@ -99,6 +100,7 @@ class MixtureWorker:
 
     async def _one(self, row: dict) -> dict:
         out = {**row, "messages": [], "calls": [], "error": None}
+        retries: list[int] = []
         try:
             answers, calls = await with_retries(
                 lambda: run_row(
@@ -110,13 +112,15 @@ class MixtureWorker:
                     record_prompts=self.settings.record_prompts,
                 ),
                 attempts=self.settings.attempts,
-                on_retry=lambda n, exc: log.warning("row %s: retry %d after %s", row["id"], n, exc),
+                label=f"row {row['id']}",
+                on_retry=lambda n, exc: retries.append(n),
             )
             out["messages"] = conversation(self.mixture, {**row, **answers})
             out["calls"] = calls
         except Exception as exc:  # recorded per row; the run goes on
             out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
         out["finished_at"] = time.time()
+        out["retries"] = len(retries)
         return out
 
     async def __call__(self, batch: pa.Table):
@@ -208,6 +212,8 @@ def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) ->
         "rows_failed": len(failed),
         "rejects_input": len(input_rejects),
         "multi_turn_rows": sum(1 for r in ok if len(r["turns"]) > 1),
+        # shards written before the column existed have no `retries`
+        "rows_retried": sum(1 for r in ok + failed if r.get("retries")),
         "tokens_per_model": tokens,
         "finish_reasons": finish,
     }
@@ -222,6 +228,11 @@ def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
         lines.append(
             f"  {model}: {t['calls']} calls, {t['prompt_tokens']} prompt + "
             f"{t['completion_tokens']} generated tokens"
+        )
+    if counts.get("rows_retried"):
+        lines.append(
+            f"retried: {counts['rows_retried']} rows hit a transient engine error (an engine "
+            "restarting) and were run again"
         )
     lines.append("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     lines.append(f"output: {Path(run_dir) / 'sft.parquet'}  (rejects: rejects.jsonl)")
@@ -337,9 +348,12 @@ def synthesize(
         len(todo),
     )
     timings: dict[str, float] = {"read": time.monotonic() - t_start}
+    ray_report: dict = {}  # Ray session, engines released, placement groups left
 
     if todo:
-        with runtime.engines(cluster, list(specs.values()), keep=keep_engines, timings=timings):
+        with runtime.engines(
+            cluster, list(specs.values()), keep=keep_engines, timings=timings, report=ray_report
+        ):
             t0 = time.monotonic()
             try:
                 run_rows(todo, mixture, specs, settings, run_dir, progress=progress)
@@ -360,7 +374,8 @@ def synthesize(
             ],
             "defaults": settings.defaults,
         },
-        "models": {k: _model_record(s) for k, s in specs.items()},
+        "models": {k: model_record(s) for k, s in specs.items()},
+        "ray": ray_report or None,
         "versions": package_versions(),
         **(manifest_extra or {}),
     }
@@ -370,7 +385,8 @@ def synthesize(
     return manifest
 
 
-def _model_record(spec: ModelSpec) -> dict:
+def model_record(spec: ModelSpec) -> dict:
+    """A model spec for a manifest, with the checksums its prepared checkpoint recorded."""
     from dataclasses import asdict
 
     from moaa_cluster.models.store import read_manifest

@@ -12,28 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-
-def _kill_orphaned_engines(since: float) -> list[str]:
-    """SIGKILL of the driver's session leaves vLLM worker processes re-parented to init
-    (they are not in its process group). Clean them up so the rerun is not starved; the
-    caller reports them (a known gap, see issue #6)."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["pid", "ppid", "create_time", "cmdline", "name"]):
-        title = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
-        if p.info["ppid"] == 1 and p.info["create_time"] >= since and title.startswith("VLLM::"):
-            found.append(f"{p.info['pid']} {title}")
-            p.kill()
-    return found
-
-
-def _shard_rows(run_dir: Path) -> dict[str, dict]:
-    rows = {}
-    for f in sorted((run_dir / "shards").glob("*.parquet")):
-        for r in pq.read_table(f).to_pylist():
-            rows[r["id"]] = r
-    return rows
+from tests.faults.realstack import kill_orphaned_engines, shard_rows
 
 
 def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_dir: Path):
@@ -67,9 +46,9 @@ def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(3)
-    orphans = _kill_orphaned_engines(started)
+    orphans = kill_orphaned_engines(started)
     print(f"orphaned engine processes after kill -9: {orphans}")
-    before = _shard_rows(run_dir)
+    before = shard_rows(run_dir)
     assert 2 * 4 <= len(before) < 24  # killed mid-run, with finished blocks on disk
     assert not (run_dir / "sft.parquet").exists()
 
@@ -84,5 +63,5 @@ def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_
     by_id = {r["id"]: r for r in rows}
     for row_id, old in before.items():  # finished before the kill: kept, not generated again
         assert by_id[row_id]["calls"] == old["calls"]
-    after = _shard_rows(run_dir)
+    after = shard_rows(run_dir)
     assert all(after[i]["finished_at"] == before[i]["finished_at"] for i in before)

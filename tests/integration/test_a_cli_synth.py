@@ -14,32 +14,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-GOOD = [
-    {"turns": ["Name three primary colors."]},
-    {"instruction": "Give one tip for learning to cook."},
-    {"turns": ["Suggest a name for a pet turtle.", "Why did you pick that name?"]},
-]
-BAD = [  # (raw line, expected fragment of the reject reason)
-    (b'{"turns": ["unterminated"', "malformed JSON"),
-    (b'{"question": "no field we know"}', "none of the fields"),
-    (b'{"instruction": 42}', "must be a string"),
-    (b'{"prompt": "   "}', "is empty"),
-    (b'{"prompt": "caf\xff au lait"}', "invalid UTF-8"),
-    (json.dumps({"turns": ["Name three primary colors."]}).encode(), "duplicate"),
-    (
-        json.dumps(
-            {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}
-        ).encode(),
-        "starts with an assistant turn",
-    ),
-    (json.dumps({"prompt": "tell me more " * 900}).encode(), "prompt too long"),
-]
+from tests.conftest import REPO
+
+# The bad-input corpus is a fault-injection fixture (tests/faults/README.md): raw bytes, with
+# a sidecar listing each bad line's expected reject reason.
+CORPUS = REPO / "tests" / "faults" / "fixtures" / "bad_inputs.jsonl"
+EXPECTED = json.loads(CORPUS.with_name("bad_inputs.expected.json").read_text())
+BAD = EXPECTED["bad"]
 
 
 def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
-    data = tmp_path / "inputs.jsonl"
-    lines = [json.dumps(r).encode() for r in GOOD] + [raw for raw, _ in BAD]
-    data.write_bytes(b"\n".join(lines) + b"\n")
     out_root = tmp_path / "outputs"
     cmd = [
         sys.executable,
@@ -47,7 +31,7 @@ def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
         "moaa_cluster.cli",
         "synth",
         "~dataset.sources.embedded_demo",
-        f"+dataset.sources.fixture.path={data}",
+        f"+dataset.sources.fixture.path={CORPUS}",
         "dataset.name=fixture",
         f"output_root={out_root}",
         "record_prompts=true",
@@ -56,7 +40,10 @@ def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = out_root / "synth-embedded-fixture"
-    assert "rows: 3 ok (1 multi-turn)" in proc.stdout, proc.stdout[-2000:]
+    # the summary counts both: good rows generated, bad records rejected
+    assert f"rows: 3 ok (1 multi-turn), 0 failed in inference, {len(BAD)} rejected on input" in (
+        proc.stdout
+    ), proc.stdout[-2000:]
 
     # --- SFT rows: TRL conversational format + provenance -------------------------------
     rows = pq.read_table(run_dir / "sft.parquet").to_pylist()
@@ -95,14 +82,17 @@ def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
     rejects = [json.loads(x) for x in (run_dir / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == len(BAD)
     reasons = " | ".join(r["reason"] for r in rejects)
-    for _, fragment in BAD:
-        assert fragment in reasons, f"{fragment!r} not in {reasons}"
+    for bad in BAD:  # each bad line once, at its own line, with its specific reason
+        (hit,) = [r for r in rejects if bad["reason"] in r["reason"]]
+        if bad["where"] is not None:
+            assert hit["where"] == bad["where"], (bad, hit)
+    assert "duplicate of bad_inputs.jsonl:1" in reasons  # names the line it repeats
 
     # --- manifest ----------------------------------------------------------------------
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["counts"]["rows_ok"] == 3
     assert manifest["counts"]["rejects_input"] == len(BAD)
-    assert manifest["counts"]["rows_in"] == len(GOOD) + len(BAD)
+    assert manifest["counts"]["rows_in"] == len(EXPECTED["good_lines"]) + len(BAD)
     assert manifest["timings_s"]["engine_start"] > 0
     assert manifest["models"]["smollm2_135m_instruct"]["checksums"]["model.safetensors"]
     assert manifest["versions"]["ray"] == "2.60.0"

@@ -86,42 +86,6 @@ def test_prefs_writes_trl_pairs_with_provenance(prefs_run):
                 assert cmp["parse"] in ("none", "both")  # counted, never a silent default
 
 
-def test_prefs_feed_trl_dpo_trainer(prefs_run, models_dir, tmp_path):
-    """`prefs.parquet` goes into TRL's DPOTrainer as is (beta 0.01); one real step."""
-    import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    run_dir, manifest = prefs_run
-    if manifest["counts"]["pairs"] == 0:
-        pytest.fail("the judge produced no preference pair on 3 prompts: see rejects.jsonl")
-    ds = datasets.load_dataset("parquet", data_files=str(run_dir / "prefs.parquet"), split="train")
-    ds = ds.select_columns(["prompt", "chosen", "rejected"])
-    model_dir = models_dir / "smollm2-135m-instruct"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    before = model.lm_head.weight.detach().clone()
-    trainer = DPOTrainer(
-        model=model,
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-        train_dataset=ds,
-        args=DPOConfig(
-            output_dir=str(tmp_path),
-            beta=0.01,
-            max_steps=1,
-            per_device_train_batch_size=1,
-            max_length=256,
-            use_cpu=True,
-            report_to=[],
-            save_strategy="no",
-            logging_steps=1,
-        ),
-    )
-    result = trainer.train()
-    assert torch.isfinite(torch.tensor(result.training_loss))
-    assert not torch.equal(before, model.lm_head.weight.detach())
-
-
 def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, tmp_path, capsys):
     if not HH.exists():
         pytest.skip(f"{HH} not available")

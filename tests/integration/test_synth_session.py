@@ -78,35 +78,3 @@ def test_resume_redoes_only_missing_rows(mt_bench_run, run_synth):
     for r in after:
         if r["id"] not in lost:  # kept rows were not generated again
             assert r["calls"] == before[r["id"]]["calls"]
-
-
-def test_sft_output_feeds_trl_sft_trainer(mt_bench_run, models_dir, tmp_path):
-    """`sft.parquet` goes into TRL's SFTTrainer as is; one real optimizer step on CPU."""
-    import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    run_dir, _ = mt_bench_run
-    ds = datasets.load_dataset("parquet", data_files=str(run_dir / "sft.parquet"), split="train")
-    model_dir = models_dir / "smollm2-135m-instruct"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    before = model.lm_head.weight.detach().clone()
-    trainer = SFTTrainer(
-        model=model,
-        processing_class=AutoTokenizer.from_pretrained(model_dir),
-        train_dataset=ds,
-        args=SFTConfig(
-            output_dir=str(tmp_path),
-            max_steps=1,
-            per_device_train_batch_size=2,
-            max_length=256,
-            use_cpu=True,
-            report_to=[],
-            save_strategy="no",
-            logging_steps=1,
-        ),
-    )
-    result = trainer.train()
-    assert torch.isfinite(torch.tensor(result.training_loss))
-    assert not torch.equal(before, model.lm_head.weight.detach())

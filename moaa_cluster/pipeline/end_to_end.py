@@ -1,0 +1,234 @@
+"""``moaa pipeline``: synth -> SFT -> sample + judge -> DPO -> eval -> report in one run dir.
+
+Each stage writes its own subdirectory with its own manifest; a rerun skips every stage whose
+manifest says it is complete (and resumes the first one that is not), ``from_stage`` redoes
+one stage and all later ones. The engines stay up between stages that share models (the
+embedded judge's models are the stage-1 teachers), and all of them stop at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from moaa_cluster.engines.spec import ConfigError, ModelSpec
+
+log = logging.getLogger(__name__)
+
+STAGES = ("synth", "sft", "prefs", "dpo", "eval")
+
+
+@dataclass
+class PipelineParts:
+    """Everything the stages need, built from the config by ``build.pipeline``."""
+
+    synth_sources: list
+    mixture: object
+    synth_specs: dict
+    synth_settings: object
+    synth_limit: int | None
+    sft_settings: object
+    dpo_settings: object
+    scaling: object
+    prefs_sources: list
+    judge: object
+    judge_specs: dict
+    prefs_settings: object
+    prefs_limit: int | None
+    base: ModelSpec
+    eval_sources: list
+    eval_settings: object
+    eval_limit: int | None
+
+
+def _manifest(stage_dir: Path) -> dict | None:
+    path = stage_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def is_complete(stage: str, stage_dir: Path) -> bool:
+    """Whether a stage's directory holds a finished result the next stage can use."""
+    m = _manifest(stage_dir)
+    if m is None:
+        return False
+    counts = m.get("counts", {})
+    if stage == "synth":
+        return counts.get("rows_failed", 1) == 0 and counts.get("rows_ok", 0) > 0
+    if stage == "prefs":
+        return counts.get("rows_failed", 1) == 0 and counts.get("pairs", 0) > 0
+    if stage in ("sft", "dpo"):
+        return m.get("status") == "complete" and (stage_dir / "model" / "config.json").exists()
+    return m.get("status") == "complete" and counts.get("evaluated", 0) > 0
+
+
+def trained_spec(base: ModelSpec, stage_dir: Path, suffix: str) -> ModelSpec:
+    """The base model's engine spec pointed at a trained checkpoint."""
+    return replace(base, name=f"{base.name}-{suffix}", path=str(stage_dir / "model"), hub_id=None)
+
+
+def run_pipeline(
+    parts: PipelineParts,
+    run_dir: Path,
+    cluster: dict,
+    *,
+    from_stage: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    config: dict | None = None,
+) -> dict:
+    """Runs the stages that are not complete yet; returns the pipeline manifest."""
+    from moaa_cluster.engines.serve_llm import stop_engines
+    from moaa_cluster.pipeline.prefs import SAMPLER, make_preferences
+    from moaa_cluster.pipeline.stage import check_writable
+    from moaa_cluster.pipeline.synth import save_json, synthesize
+    from moaa_cluster.training.ray_train import fit
+
+    if from_stage is not None and from_stage not in STAGES:
+        raise ConfigError(f"from_stage must be one of {list(STAGES)}, got {from_stage!r}")
+    run_dir = Path(run_dir)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    check_writable(run_dir)
+    dirs = {s: run_dir / s for s in STAGES}
+    if from_stage is not None:
+        for stage in STAGES[STAGES.index(from_stage) :]:
+            if dirs[stage].exists():
+                shutil.rmtree(dirs[stage])
+    sft_spec = trained_spec(parts.base, dirs["sft"], "sft")
+    dpo_spec = trained_spec(parts.base, dirs["dpo"], "dpo")
+    started: dict[str, ModelSpec] = {}
+    timings: dict[str, float] = {}
+    skipped: list[str] = []
+
+    def stage(name: str, fn, engines: dict | None = None) -> None:
+        if is_complete(name, dirs[name]):
+            skipped.append(name)
+            print(f"== {name}: complete in {dirs[name]}, skipped", flush=True)
+            return
+        print(f"== {name} -> {dirs[name]}", flush=True)
+        started.update({s.name: s for s in (engines or {}).values()})
+        t0 = time.monotonic()
+        fn()
+        timings[name] = round(time.monotonic() - t0, 2)
+        if not is_complete(name, dirs[name]):
+            raise RuntimeError(
+                f"stage {name} did not complete (see {dirs[name] / 'manifest.json'} and "
+                f"{dirs[name] / 'rejects.jsonl'}); rerun the same command to resume it"
+            )
+
+    t_start = time.monotonic()
+    try:
+        stage(
+            "synth",
+            lambda: synthesize(
+                parts.synth_sources,
+                parts.mixture,
+                parts.synth_specs,
+                parts.synth_settings,
+                dirs["synth"],
+                cluster,
+                limit=parts.synth_limit,
+                progress=progress,
+                keep_engines=True,
+            ),
+            parts.synth_specs,
+        )
+        stage(
+            "sft",
+            lambda: fit(
+                "sft",
+                dirs["synth"],
+                parts.sft_settings,
+                dirs["sft"],
+                cluster,
+                parts.scaling,
+            ),
+        )
+        prefs_specs = {**parts.judge_specs, SAMPLER: sft_spec}
+        stage(
+            "prefs",
+            lambda: make_preferences(
+                parts.prefs_sources,
+                parts.judge,
+                prefs_specs,
+                parts.prefs_settings,
+                dirs["prefs"],
+                cluster,
+                limit=parts.prefs_limit,
+                progress=progress,
+                keep_engines=True,
+            ),
+            prefs_specs,
+        )
+        if sft_spec.name in started:  # the SFT sampler is done: free its memory for DPO
+            stop_engines([started.pop(sft_spec.name)])
+        stage(
+            "dpo",
+            lambda: fit(
+                "dpo",
+                dirs["prefs"],
+                replace(parts.dpo_settings, base_model=str(dirs["sft"] / "model")),
+                dirs["dpo"],
+                cluster,
+                parts.scaling,
+            ),
+        )
+        stage(
+            "eval",
+            lambda: _evaluate(parts, dpo_spec, dirs["eval"], cluster, progress),
+            {**parts.judge_specs, "model": dpo_spec, "baseline": parts.base},
+        )
+    finally:
+        if started:
+            stop_engines(list(started.values()))
+    report = _report(run_dir, cluster)
+    manifest = {
+        "task": "pipeline",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stages": {s: str(dirs[s]) for s in STAGES},
+        "skipped": skipped,
+        "timings_s": {**timings, "total": round(time.monotonic() - t_start, 2)},
+        "stage_timings_s": {s: (_manifest(dirs[s]) or {}).get("timings_s") for s in STAGES},
+        "eval": (_manifest(dirs["eval"]) or {}).get("summary"),
+        "report": str(report) if report else None,
+        "config": config,
+    }
+    save_json(run_dir / "manifest.json", manifest)
+    print(f"pipeline: done in {manifest['timings_s']['total']:.0f} s; {run_dir}", flush=True)
+    for s in STAGES:
+        print(f"  {s:<6} {timings.get(s, 'skipped')!s:>10} s  {dirs[s]}", flush=True)
+    return manifest
+
+
+def _evaluate(parts: PipelineParts, dpo: ModelSpec, out: Path, cluster: dict, progress: bool):
+    """The DPO model against the base model on held-out instructions, with the pipeline's judge."""
+    from moaa_cluster.pipeline.evaluate import evaluate
+
+    return evaluate(
+        parts.eval_sources,
+        dpo,
+        parts.judge,
+        parts.judge_specs,
+        out,
+        cluster,
+        baseline_model=parts.base,
+        settings=parts.eval_settings,
+        limit=parts.eval_limit,
+        progress=progress,
+        keep_engines=True,
+    )
+
+
+def _report(run_dir: Path, cluster: dict) -> Path | None:
+    """``report.md`` with plots over every stage; a failure here never fails the pipeline."""
+    from moaa_cluster.evaluation.report import write_report
+
+    try:
+        return write_report(run_dir, cluster=cluster)
+    except Exception as exc:  # the stages' outputs stand; say why the report is missing
+        log.warning("report not written: %s: %s", type(exc).__name__, exc)
+        return None

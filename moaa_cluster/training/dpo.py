@@ -1,0 +1,18 @@
+"""DPO recipe: TRL ``DPOTrainer`` on the MoA judge's preference pairs (``prompt``/``chosen``/
+``rejected``).
+
+The reference model is the starting checkpoint (the SFT model in the paper's pipeline): TRL
+keeps a frozen copy, or, with LoRA, uses the base with the adapters switched off. Beta (the
+paper's 0.01), learning rate and epochs come from ``conf/train/dpo_*.yaml``.
+"""
+
+from __future__ import annotations
+
+from moaa_cluster.training import worker
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train ``train_loop_per_worker`` for DPO."""
+    from trl import DPOConfig, DPOTrainer
+
+    worker.run(config, DPOConfig, DPOTrainer)

@@ -1,0 +1,186 @@
+"""SFT and DPO as Ray Train jobs: one ``TorchTrainer`` run per training stage.
+
+The run directory holds everything: ``train_data.parquet`` (validated rows), ``rejects.jsonl``,
+``ray_train/`` (Ray Train's storage: checkpoints and its own state, so a rerun of the same
+command resumes from the latest checkpoint), and at the end ``model/`` (an HF checkpoint vLLM
+and ``moaa sample`` load directly), ``metrics.jsonl`` (the trainer's log history: loss curves)
+and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.training import data as train_data
+from moaa_cluster.training.settings import TrainSettings
+from moaa_cluster.training.worker import EXPORT_DIR, INFO_FILE
+
+log = logging.getLogger(__name__)
+
+RAY_DIR = "ray_train"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many Ray Train workers and what each one reserves (``conf/cluster: train``).
+
+    Attributes:
+        num_workers: Training processes (one per GPU on a cluster).
+        use_gpu: One GPU per worker.
+        cpus_per_worker: CPUs each worker reserves.
+        accelerator_type: Ray accelerator type for GPU workers, if pinned.
+        max_failures: Worker-group restarts Ray Train attempts, each from the latest checkpoint.
+    """
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 2.0
+    accelerator_type: str | None = None
+    max_failures: int = 2
+
+
+def is_complete(run_dir: Path) -> bool:
+    """A finished training run: its manifest says so and its model directory exists."""
+    manifest = Path(run_dir) / "manifest.json"
+    if not manifest.exists() or not (Path(run_dir) / EXPORT_DIR / "config.json").exists():
+        return False
+    return json.loads(manifest.read_text()).get("status") == "complete"
+
+
+def _loops():
+    from moaa_cluster.training import dpo, sft
+
+    return {"sft": sft.train_loop, "dpo": dpo.train_loop}
+
+
+def _copy_export(checkpoint_dir: Path, run_dir: Path) -> dict:
+    """Moves the exported model into ``run_dir/model`` (atomically) and returns its info."""
+    src = checkpoint_dir / EXPORT_DIR
+    if not src.exists():
+        raise RuntimeError(f"the final Ray Train checkpoint {checkpoint_dir} has no exported model")
+    staging = run_dir / f".{EXPORT_DIR}.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(src, staging)
+    target = run_dir / EXPORT_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return json.loads((checkpoint_dir / INFO_FILE).read_text())
+
+
+def fit(
+    kind: str,
+    data_path: str | Path,
+    settings: TrainSettings,
+    run_dir: Path,
+    cluster: dict,
+    scaling: Scaling,
+    *,
+    overwrite: bool = False,
+    limit: int | None = None,
+    manifest_extra: dict | None = None,
+) -> dict:
+    """Trains ``settings.base_model`` on ``data_path`` under Ray Train; returns the manifest.
+
+    Rerunning the same command resumes from Ray Train's latest checkpoint; a finished run is
+    skipped (``overwrite`` starts over).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from moaa_cluster import runtime
+    from moaa_cluster.pipeline.io import append_jsonl
+    from moaa_cluster.pipeline.stage import check_writable, package_versions
+    from moaa_cluster.pipeline.synth import save_json
+
+    t_start = time.monotonic()
+    run_dir = Path(run_dir).resolve()
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if is_complete(run_dir):
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        print(f"{kind}: already complete in {run_dir} (overwrite=true retrains)", flush=True)
+        return manifest
+    if not (Path(settings.base_model) / "config.json").exists():
+        raise ConfigError(f"base model {settings.base_model} is not an HF checkpoint directory")
+    check_writable(run_dir)
+
+    rows, rejects = train_data.prepare(kind, data_path, limit)
+    data_file = run_dir / "train_data.parquet"
+    train_data.write(rows, data_file)
+    (run_dir / "rejects.jsonl").unlink(missing_ok=True)
+    append_jsonl(run_dir / "rejects.jsonl", rejects)
+    settings = replace(settings, data_file=str(data_file))
+    log.info("%s: %d rows to train on, %d rejected (%s)", kind, len(rows), len(rejects), data_path)
+
+    runtime.init_ray(cluster)
+    resources = {"CPU": scaling.cpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker=_loops()[kind],
+        train_loop_config=settings.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=resources,
+            accelerator_type=scaling.accelerator_type,
+        ),
+        run_config=RunConfig(
+            name=RAY_DIR,
+            storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    t0 = time.monotonic()
+    result = trainer.fit()
+    train_s = time.monotonic() - t0
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"{kind}: Ray Train finished without a checkpoint")
+    info = _copy_export(Path(result.checkpoint.path), run_dir)
+    # the model is out; the optimizer-state checkpoints (GBs each) only served resumption
+    for ckpt in (run_dir / RAY_DIR).glob("checkpoint_*"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+    history = info.pop("log_history")
+    metrics_file = run_dir / "metrics.jsonl"
+    metrics_file.unlink(missing_ok=True)
+    append_jsonl(metrics_file, history)
+    losses = [h["loss"] for h in history if "loss" in h]
+    if info["resumed_from_step"]:
+        print(
+            f"{kind}: resumed from the checkpoint at step {info['resumed_from_step']} "
+            "after a failure or a rerun",
+            flush=True,
+        )
+    manifest = {
+        "task": f"train-{kind}",
+        "status": "complete",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base_model": settings.base_model,
+        "data": str(data_path),
+        "model_dir": str(run_dir / EXPORT_DIR),
+        "counts": {"rows": len(rows), "rejected": len(rejects), "steps": info["global_step"]},
+        "train": {k: v for k, v in info.items() if k != "kind"},
+        "losses": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
+        "settings": settings.to_dict(),
+        "scaling": scaling.__dict__,
+        "timings_s": {"train": round(train_s, 2), "total": round(time.monotonic() - t_start, 2)},
+        "versions": package_versions(),
+        **(manifest_extra or {}),
+    }
+    save_json(run_dir / "manifest.json", manifest)
+    print(
+        f"{kind}: {info['global_step']} steps on {len(rows)} rows ({len(rejects)} rejected), "
+        f"loss {manifest['losses']['first']} -> {manifest['losses']['last']}, "
+        f"{train_s:.0f} s; model: {run_dir / EXPORT_DIR}",
+        flush=True,
+    )
+    return manifest

@@ -1,0 +1,210 @@
+"""What every training recipe does inside a Ray Train worker.
+
+Loading the model, resuming from Ray Train's latest checkpoint, training with a TRL trainer
+and exporting the final checkpoint are the same for SFT and DPO (``run`` reads top to
+bottom); the recipes (``sft.py``, ``dpo.py``) name their TRL trainer and say what is theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from moaa_cluster.training.settings import TrainSettings, grad_accumulation
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "model"  # inside the final Ray Train checkpoint, and the run directory
+INFO_FILE = "train_info.json"
+
+
+def attn_implementation(settings: TrainSettings) -> str:
+    import importlib.util
+
+    import torch
+
+    if settings.attn_implementation:
+        return settings.attn_implementation
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_model_and_tokenizer(settings: TrainSettings):
+    """The base model in the training dtype, and its tokenizer (with its chat template)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        settings.base_model, trust_remote_code=settings.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        settings.base_model,
+        dtype=getattr(torch, settings.train_dtype),
+        attn_implementation=attn_implementation(settings),
+        trust_remote_code=settings.trust_remote_code,
+    )
+    return model, tokenizer
+
+
+def peft_config(settings: TrainSettings):
+    if not settings.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **settings.lora)
+
+
+def trainer_args(settings: TrainSettings, scratch: str) -> dict:
+    """TRL config fields: the user's ``args`` plus the ones the recipe owns."""
+    import ray.train
+    import torch
+
+    world = ray.train.get_context().get_world_size()
+    args = {
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 50,
+        "save_total_limit": 1,
+        **settings.args,
+        "output_dir": scratch,
+        "per_device_train_batch_size": settings.per_device_batch_size,
+        "gradient_accumulation_steps": grad_accumulation(
+            settings.effective_batch_size, settings.per_device_batch_size, world
+        ),
+        "report_to": [],
+        "use_cpu": not torch.cuda.is_available(),
+        "seed": settings.seed,
+    }
+    return args
+
+
+def resume_point() -> tuple[str | None, int, Path | None]:
+    """Where Ray Train's latest checkpoint leaves this run.
+
+    Returns:
+        ``(trainer_checkpoint_dir, global_step, finished_export_dir)``: the HF Trainer
+        checkpoint to resume from (``None`` on a fresh start), the step it holds, and, when
+        the previous attempt already exported the final model, that export.
+    """
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None, 0, None
+    local = Path(ckpt.to_directory())
+    if (local / EXPORT_DIR).exists():
+        return None, 0, local
+    hf = local / "checkpoint"  # RayTrainReportCallback's layout
+    state = json.loads((hf / "trainer_state.json").read_text())
+    return str(hf), int(state.get("global_step", 0)), None
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silences stdout (file descriptor 1) while the trainer prepares its dataset.
+
+    ``datasets`` fingerprints TRL's tokenize function with dill, whose global-name scan
+    disassembles the function into a captured ``sys.stdout``; inside a Ray worker the
+    bytecode reaches the real stream and a thousand lines land in the driver's log. Logging
+    and progress bars go to stderr and stay visible.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def make_report_callback():
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    return RayTrainReportCallback()
+
+
+def export(trainer, tokenizer, settings: TrainSettings, resumed_from: int, train_metrics: dict):
+    """Reports the final checkpoint: merged HF weights + tokenizer + the run's log history.
+
+    Rank 0 writes the export; every rank reports so the workers stay in step.
+    """
+    import ray.train
+    import torch
+
+    ctx = ray.train.get_context()
+    info = {
+        "kind": settings.kind,
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed_from,
+        "world_size": ctx.get_world_size(),
+        "log_history": trainer.state.log_history,
+        "train_metrics": train_metrics,
+    }
+    if ctx.get_world_rank() != 0:
+        ray.train.report(metrics={"final": 1, "global_step": info["global_step"]}, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="moaa-export-") as tmp:
+        out = Path(tmp) / EXPORT_DIR
+        model = trainer.model
+        if hasattr(model, "merge_and_unload"):  # LoRA: one plain checkpoint for vLLM
+            model = model.merge_and_unload()
+        model = model.to(getattr(torch, settings.export_dtype))
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        gen = Path(settings.base_model) / "generation_config.json"
+        if gen.exists():
+            shutil.copy(gen, out / "generation_config.json")
+        (Path(tmp) / INFO_FILE).write_text(json.dumps(info, indent=1, default=str))
+        ray.train.report(
+            metrics={"final": 1, "global_step": info["global_step"]},
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+        )
+
+
+def report_existing_export(local: Path) -> None:
+    """A rerun after the export was reported but before the driver copied it: report it again."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    info = json.loads((local / INFO_FILE).read_text())
+    ckpt = ray.train.Checkpoint.from_directory(str(local)) if ctx.get_world_rank() == 0 else None
+    ray.train.report(metrics={"final": 1, "global_step": info["global_step"]}, checkpoint=ckpt)
+
+
+def run(config: dict, config_cls, trainer_cls) -> None:
+    """One worker's whole run with a TRL trainer: resume point, model, data, train, export."""
+    import datasets
+
+    settings = TrainSettings(**config)
+    resume, resumed_from, finished = resume_point()
+    if finished is not None:
+        report_existing_export(finished)
+        return
+
+    model, tokenizer = load_model_and_tokenizer(settings)
+    train = datasets.load_dataset("parquet", data_files=settings.data_file, split="train")
+    with tempfile.TemporaryDirectory(prefix=f"moaa-{settings.kind}-") as scratch:
+        with quiet_stdout():
+            trainer = trainer_cls(
+                model=model,
+                args=config_cls(**trainer_args(settings, scratch)),
+                train_dataset=train,
+                processing_class=tokenizer,
+                peft_config=peft_config(settings),
+                callbacks=[make_report_callback()],
+            )
+        result = trainer.train(resume_from_checkpoint=resume)
+        export(trainer, tokenizer, settings, resumed_from, result.metrics)

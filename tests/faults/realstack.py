@@ -1,0 +1,87 @@
+"""Helpers shared by the fault-injection tests: start a CLI run, wait for shards, find and
+kill the processes of a real run, read shards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+
+def moaa_cmd(task: str, *overrides: str) -> list[str]:
+    """The command line of ``moaa <task> <overrides>`` in this interpreter."""
+    return [sys.executable, "-m", "moaa_cluster.cli", task, *overrides]
+
+
+def start(cmd: list[str], models_dir: Path, log: Path) -> subprocess.Popen:
+    """Starts ``cmd`` in its own session (so a kill of its group takes Ray down with it)."""
+    env = {**os.environ, "MOAA_MODELS_DIR": str(models_dir)}
+    with open(log, "w") as fh:
+        return subprocess.Popen(
+            cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def run(cmd: list[str], models_dir: Path, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MOAA_MODELS_DIR": str(models_dir)}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_shards(
+    proc: subprocess.Popen, run_dir: Path, n: int, log: Path, timeout: float = 600
+) -> int:
+    """Waits until ``run_dir/shards`` holds ``n`` shards; fails if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        have = len(list(run_dir.glob("shards/*.parquet")))
+        if have >= n:
+            return have
+        time.sleep(1)
+    tail = log.read_text(errors="replace")[-3000:]
+    raise AssertionError(
+        f"no {n} shards before the run ended or timed out (rc {proc.poll()}): {tail}"
+    )
+
+
+def shard_rows(run_dir: Path) -> dict[str, dict]:
+    """Every row of the run's shards by id (a later shard of the same id wins)."""
+    rows = {}
+    for f in sorted((run_dir / "shards").glob("*.parquet")):
+        for r in pq.read_table(f).to_pylist():
+            rows[r["id"]] = r
+    return rows
+
+
+def kill_orphaned_engines(since: float) -> list[str]:
+    """SIGKILL of the driver's session leaves vLLM worker processes re-parented to init
+    (they are not in its process group). Clean them up so the rerun is not starved; the
+    caller reports them (a known gap, see issue #6)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "ppid", "create_time", "cmdline", "name"]):
+        title = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
+        if p.info["ppid"] == 1 and p.info["create_time"] >= since and title.startswith("VLLM::"):
+            found.append(f"{p.info['pid']} {title}")
+            p.kill()
+    return found
+
+
+def engine_core(model: str):
+    """The ``VLLM::EngineCore`` process of the Serve LLM replica hosting ``model``, or None."""
+    import psutil
+
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if not " ".join(p.info["cmdline"] or []).startswith(f"ray::ServeReplica:moaa-{model}:"):
+            continue
+        try:
+            for child in p.children(recursive=True):
+                if " ".join(child.cmdline()).startswith("VLLM::EngineCore"):
+                    return child
+        except psutil.Error:  # the replica went away while we looked
+            continue
+    return None

@@ -1,0 +1,71 @@
+"""Stage bookkeeping of `moaa pipeline`: completeness by manifest, --from, trained specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moaa_cluster import build
+from moaa_cluster.cli import _from_flag
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.pipeline.end_to_end import STAGES, is_complete, trained_spec
+
+
+def _manifest(d: Path, **data) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "manifest.json").write_text(json.dumps(data))
+
+
+def test_synth_and_prefs_complete_only_without_failed_rows(tmp_path):
+    assert not is_complete("synth", tmp_path / "synth")
+    _manifest(tmp_path / "synth", counts={"rows_ok": 4, "rows_failed": 1})
+    assert not is_complete("synth", tmp_path / "synth")
+    _manifest(tmp_path / "synth", counts={"rows_ok": 4, "rows_failed": 0})
+    assert is_complete("synth", tmp_path / "synth")
+    _manifest(tmp_path / "prefs", counts={"pairs": 0, "rows_failed": 0})
+    assert not is_complete("prefs", tmp_path / "prefs")  # nothing for DPO to learn from
+    _manifest(tmp_path / "prefs", counts={"pairs": 2, "rows_failed": 0})
+    assert is_complete("prefs", tmp_path / "prefs")
+
+
+def test_training_stage_needs_status_and_model(tmp_path):
+    d = tmp_path / "sft"
+    _manifest(d, status="complete")
+    assert not is_complete("sft", d)
+    (d / "model").mkdir()
+    (d / "model" / "config.json").write_text("{}")
+    assert is_complete("sft", d)
+    _manifest(d, status="running")
+    assert not is_complete("sft", d)
+
+
+def test_trained_spec_keeps_engine_settings():
+    base = ModelSpec(name="smol", path="/m/smol", max_model_len=2048, engine_kwargs={"a": 1})
+    spec = trained_spec(base, Path("/run/sft"), "sft")
+    assert spec.name == "smol-sft" and spec.path == "/run/sft/model"
+    assert spec.max_model_len == 2048 and spec.engine_kwargs == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--from", "dpo", "seed=1"], ["from_stage=dpo", "seed=1"]),
+        (["--from=eval"], ["from_stage=eval"]),
+        (["limit=3"], ["limit=3"]),
+    ],
+)
+def test_from_flag(argv, expected):
+    assert _from_flag(argv) == expected
+
+
+def test_pipeline_config_builds_every_stage(compose):
+    cfg = compose("pipeline", ["models_dir=/m", "lora@dpo_lora=r16", "prefs.limit=2"])
+    parts = build.pipeline(cfg)
+    assert parts.sft_settings.kind == "sft" and parts.dpo_settings.kind == "dpo"
+    assert parts.dpo_settings.lora["r"] == 16 and parts.sft_settings.lora is None
+    assert parts.prefs_limit == 2 and parts.prefs_settings.num_candidates == 5
+    assert parts.base.path == "/m/smollm2-135m-instruct"
+    assert [s.name for s in parts.eval_sources] == ["embedded_heldout"]
+    assert STAGES == ("synth", "sft", "prefs", "dpo", "eval")
