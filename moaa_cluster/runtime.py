@@ -23,13 +23,9 @@ OFFLINE_ENV = {
     "VLLM_LOGGING_LEVEL": "WARNING",  # engine logs stay in Ray's log folder; override to debug
 }
 # Engine settings read from the driver's environment (or a cluster's ``env``) that every
-# engine process needs as well.
-ENGINE_ENV = (
-    "VLLM_CPU_KVCACHE_SPACE",
-    "OMP_NUM_THREADS",
-    "VLLM_CPU_OMP_THREADS_BIND",
-    "VLLM_HOST_IP",
-)
+# engine process needs as well. Node-specific ones (VLLM_HOST_IP) travel only when a cluster
+# config's ``env`` sets them (conf/cluster/local.yaml: one node).
+ENGINE_ENV = ("VLLM_CPU_KVCACHE_SPACE", "OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND")
 _cluster_env_keys: set[str] = set()
 
 

@@ -144,7 +144,7 @@ ray_start_worker() {
 # Number of alive nodes in the cluster at GCS_ADDRESS (0 while it does not answer): the
 # `node_...` lines under "Active:" (and "Idle:", which the v2 autoscaler lists apart).
 ray_active_nodes() {
-  "${RAY:-ray}" status --address "$1" 2>/dev/null |
+  { "${RAY:-ray}" status --address "$1" 2>/dev/null || true; } |
     awk '/^(Active|Idle):/ { on = 1; next } /^[A-Z][A-Za-z ]*:/ { on = 0 }
          on && /node_/ { n++ } END { print n + 0 }'
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,8 @@ from tests.cluster.conftest import (
 )
 from tests.conftest import REPO
 
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# what `ray job status` prints for a job that has ended
+TERMINAL = {"' succeeded": "SUCCEEDED", "' failed": "FAILED", "' was stopped": "STOPPED"}
 
 
 def _free_ports(n: int) -> list[int]:
@@ -100,6 +102,7 @@ def ray_head(ray_env, tmp_path):
         yield head
     finally:
         stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_synth(ray_head, ray_env, tmp_path: Path):
@@ -118,8 +121,9 @@ def test_ray_job_submit_synth(ray_head, ray_env, tmp_path: Path):
     assert submit.returncode == 0, submit.stdout + submit.stderr
 
     def finished():
-        out = _ray(ray_env, "job", "status", "--address", address, sid).stdout
-        return next((s for s in TERMINAL if s in out), None)
+        out = _ray(ray_env, "job", "status", "--address", address, sid)
+        text = out.stdout + out.stderr
+        return next((status for said, status in TERMINAL.items() if said in text), None)
 
     status = wait_until(finished, timeout=600, interval=5, what=f"job {sid} to finish")
     logs = _ray(ray_env, "job", "logs", "--address", address, sid).stdout
@@ -140,7 +144,8 @@ def test_ray_job_submit_synth(ray_head, ray_env, tmp_path: Path):
     assert manifest["config"]["output_dir"] == str(run_dir)
 
     # the upload: code and configs, none of the excluded bulk
-    pkgs = list(Path(ray_head["temp_dir"]).glob("session_*/runtime_resources/working_dir_files/*"))
+    unpacked = "session_2*/runtime_resources/working_dir_files/_ray_pkg_*"  # not session_latest
+    pkgs = [p for p in Path(ray_head["temp_dir"]).glob(unpacked) if p.is_dir()]
     assert len(pkgs) == 1, pkgs
     files = [p.relative_to(pkgs[0]) for p in pkgs[0].rglob("*") if p.is_file()]
     names = {str(f) for f in files}

@@ -83,7 +83,8 @@ def test_sbatch_embedded_synth(ray_env, tmp_path: Path):
         "Active:",
         f"ray job submit moaa-synth-{job_id}: python -m ray_jobs.synth {' '.join(SYNTH_ARGS)}",
         "rows: 2 ok",
-        "SUCCEEDED",
+        f"Job 'moaa-synth-{job_id}' succeeded",
+        "Ray job ended with exit 0",
         "stopping Ray on 1 node(s)",
         "done (exit 0)",
     ):

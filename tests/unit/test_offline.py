@@ -56,12 +56,19 @@ def test_engines_get_the_offline_settings_and_no_remote_code(clean_env):
     """A Serve deployment with its own runtime_env does not inherit the job's: ours is full."""
     from moaa_cluster.engines.serve_llm import llm_config
 
+    clean_env.setenv("VLLM_HOST_IP", "10.0.0.5")  # this node's address in the user's shell
     runtime.set_offline({"VLLM_CPU_KVCACHE_SPACE": "1", "MY_SETTING": "x"})
     cfg = llm_config(spec_from_dict("m", {"path": "/models/m"}))
     env = cfg.runtime_env["env_vars"]
     assert {k: env[k] for k in TELEMETRY_OFF} == TELEMETRY_OFF
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["MY_SETTING"] == "x"
+    assert "VLLM_HOST_IP" not in env  # node-specific: engines on other nodes must not get it
     assert cfg.engine_kwargs["trust_remote_code"] is False
+    # the local cluster config sets it on purpose (one node): then every engine gets it
+    local = OmegaConf.to_container(OmegaConf.load(CONF / "cluster" / "local.yaml"))
+    runtime.set_offline(local["env"])
+    env = llm_config(spec_from_dict("m", {"path": "/models/m"})).runtime_env["env_vars"]
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "model").glob("*.yaml")), ids=lambda p: p.stem)

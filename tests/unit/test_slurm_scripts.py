@@ -56,14 +56,15 @@ def bash(script: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(("text", "want"), [(STATUS_V1, 2), (STATUS_V2, 1), ("", 0)])
-def test_active_nodes_counts_active_and_idle_not_pending(tmp_path, text, want):
+@pytest.mark.parametrize(("text", "rc", "want"), [(STATUS_V1, 0, 2), (STATUS_V2, 0, 1), ("", 1, 0)])
+def test_active_nodes_counts_active_and_idle_not_pending(tmp_path, text, rc, want):
     fake = tmp_path / "ray"
     (tmp_path / "status.txt").write_text(text)
-    fake.write_text(f"#!/bin/sh\ncat {tmp_path / 'status.txt'}\n")
+    fake.write_text(f"#!/bin/sh\ncat {tmp_path / 'status.txt'}\nexit {rc}\n")
     fake.chmod(0o755)
-    out = bash("ray_active_nodes 127.0.0.1:1", {"RAY": str(fake)})
-    assert out.stdout.strip() == str(want), out.stderr
+    # under `set -euo pipefail`, as in moaa.sbatch: a cluster not up yet counts 0, no exit
+    out = bash("n=$(ray_active_nodes 127.0.0.1:1); echo $n", {"RAY": str(fake)})
+    assert out.returncode == 0 and out.stdout.strip() == str(want), out.stderr
 
 
 def test_node_args_ports_temp_dir_and_resources():
