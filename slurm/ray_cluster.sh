@@ -117,9 +117,10 @@ ray_node_args() {
 _ray_exec_start() {
   local args
   mapfile -t args < <(ray_node_args) || return 1
-  # a batch job has no load balancer to drain: stop within a few seconds of SIGTERM, well
-  # inside Slurm's KillWait, instead of Ray's default 30 s
-  export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-5}
+  # no drain on SIGTERM (Ray's default waits up to 30 s): Slurm signals every process of the
+  # step at once, GCS included, so there is nothing left to drain through, and a batch job
+  # has no load balancer to drain anyway
+  export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
   MOAA_RAY_CLUSTER=$(ray_job_tag) exec "${RAY:-ray}" start --block "$@" "${args[@]}"
 }
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -108,26 +107,32 @@ def resume_point() -> tuple[str | None, int, Path | None]:
     return str(hf), int(state.get("global_step", 0)), None
 
 
+def _plain_print(*objects, sep=" ", end="\n", file=None, flush=False) -> None:
+    """Python's own ``print`` semantics: write to ``file`` or the current ``sys.stdout``."""
+    out = file if file is not None else sys.stdout
+    out.write(sep.join(map(str, objects)) + end)
+    if flush:
+        out.flush()
+
+
 @contextlib.contextmanager
 def quiet_stdout():
-    """Silences stdout (file descriptor 1) while the trainer prepares its dataset.
+    """Plain ``print`` while the trainer prepares its dataset.
 
     ``datasets`` fingerprints TRL's tokenize function with dill, whose global-name scan
-    disassembles the function into a captured ``sys.stdout``; inside a Ray worker the
-    bytecode reaches the real stream and a thousand lines land in the driver's log. Logging
-    and progress bars go to stderr and stay visible.
+    disassembles the function into a temporarily swapped ``sys.stdout``. Ray Train patches
+    ``print`` in its workers to send every line to its logger as well, so a thousand lines
+    of bytecode would reach the driver's log; the plain ``print`` keeps them in dill's
+    buffer. Everything else prints as before.
     """
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    import builtins
+
+    patched = builtins.print
+    builtins.print = _plain_print
     try:
-        os.dup2(devnull, 1)
         yield
     finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
+        builtins.print = patched
 
 
 def make_report_callback():

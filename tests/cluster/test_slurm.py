@@ -92,6 +92,7 @@ def test_sbatch_embedded_synth(ray_env, tmp_path: Path):
     base = int(re.search(r"GCS 127\.0\.0\.1:(\d+)", log).group(1))
     assert base % 1000 == 0 and 20000 <= base < 60000
     assert "ending leftover Ray processes" not in log  # Ray stopped itself
+    assert "task 0: Killed" not in log  # by SIGTERM to `ray start --block`, not SIGKILL to the step
 
     run_dir = Path(ray_env["MOAA_OUTPUT_ROOT"]) / "synth-embedded-embedded_demo"
     rows = pq.read_table(run_dir / "sft.parquet").to_pylist()
@@ -99,8 +100,9 @@ def test_sbatch_embedded_synth(ray_env, tmp_path: Path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["counts"]["rows_ok"] == 2
     assert manifest["config"]["models_dir"] == ray_env["MOAA_MODELS_DIR"]
-    node_log = Path(ray_env["MOAA_OUTPUT_ROOT"]) / f"slurm-{job_id}"
-    assert list(node_log.glob("ray-*.log")), "no Ray node log"
+    (node_log,) = (Path(ray_env["MOAA_OUTPUT_ROOT"]) / f"slurm-{job_id}").glob("ray-*.log")
+    node_text = node_log.read_text()
+    assert "Ray runtime started" in node_text and "Traceback" not in node_text, node_text[-3000:]
 
     _assert_nothing_left(job_id)
     assert not Path(f"/tmp/ray_{job_id}").exists()  # removed after a successful run
@@ -123,6 +125,11 @@ def test_scancel_stops_job_and_ray(ray_env, tmp_path: Path):
     state, _ = _wait_done(job_id, timeout=120)
     log = log_file.read_text()
     assert state == "CANCELLED", log[-3000:]
-    assert "got SIGTERM" in log and "stopping Ray on 1 node(s)" in log, log[-3000:]
+    for line in (
+        "got SIGTERM",
+        f"stopping Ray job moaa-synth-{job_id}",
+        "stopping Ray on 1 node(s)",
+    ):
+        assert line in log, log[-3000:]
     _assert_nothing_left(job_id)
     shutil.rmtree(f"/tmp/ray_{job_id}", ignore_errors=True)  # kept for debugging a failed run

@@ -41,6 +41,13 @@ def _hh_preferences(path: Path, n: int) -> Path:
     return path
 
 
+def _registered_checkpoints(snapshot: Path) -> int:
+    try:
+        return len(json.loads(snapshot.read_text()).get("checkpoint_results") or [])
+    except (OSError, ValueError):
+        return 0  # not written yet, or caught mid-write
+
+
 def _train_workers() -> list:
     import psutil
 
@@ -78,10 +85,12 @@ def test_dpo_resumes_after_its_worker_is_killed(tmp_path: Path, models_dir: Path
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     try:
-        # wait until Ray Train holds a checkpoint, then kill the worker process outright
+        # wait until Ray Train has registered a checkpoint (its controller's snapshot lists
+        # it; the files alone appear before that), then kill the worker process outright
+        snapshot = run_dir / "ray_train" / "checkpoint_manager_snapshot.json"
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
-            if list((run_dir / "ray_train").glob("checkpoint_*/checkpoint/trainer_state.json")):
+            if _registered_checkpoints(snapshot):
                 break
             time.sleep(0.5)
         assert proc.poll() is None, f"training ended before the kill:\n{log.read_text()[-3000:]}"
