@@ -89,7 +89,8 @@ def run_pipeline(
 
     if from_stage is not None and from_stage not in STAGES:
         raise ConfigError(f"from_stage must be one of {list(STAGES)}, got {from_stage!r}")
-    run_dir = Path(run_dir)
+    # absolute: Ray Train workers and engine replicas do not share the driver's cwd
+    run_dir = Path(run_dir).resolve()
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     check_writable(run_dir)

@@ -110,6 +110,8 @@ def fit(
         return manifest
     if not (Path(settings.base_model) / "config.json").exists():
         raise ConfigError(f"base model {settings.base_model} is not an HF checkpoint directory")
+    # absolute: the Ray Train workers do not run in the driver's working directory
+    settings = replace(settings, base_model=str(Path(settings.base_model).resolve()))
     check_writable(run_dir)
 
     rows, rejects = train_data.prepare(kind, data_path, limit)
