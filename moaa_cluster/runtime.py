@@ -259,7 +259,10 @@ def engines(
     from moaa_cluster.engines.serve_llm import start_engines
     from moaa_cluster.engines.watch import EngineWatcher
 
-    owns_ray = not ray.is_initialized()
+    # a driver that joins a cluster (an address in the config, or RAY_ADDRESS as `ray job
+    # submit` sets) must never shut down Serve or Ray for everyone else on it
+    joins = bool(cluster.get("address") or os.environ.get("RAY_ADDRESS"))
+    owns_ray = not ray.is_initialized() and not joins
     init_ray(cluster)
     if report is not None:
         report.update({**ray_session(), "started_by_run": owns_ray})

@@ -73,14 +73,17 @@ ray_enable_token_auth() {
   unset RAY_AUTH_TOKEN_PATH
 }
 
-ray_num_cpus() { echo "${RAY_NUM_CPUS:-${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:?no CPU count: set RAY_NUM_CPUS}}}"; }
+ray_num_cpus() {
+  echo "${RAY_NUM_CPUS:-${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:?no CPU count: set RAY_NUM_CPUS}}}"
+}
 
 ray_num_gpus() {
   if [ -n "${RAY_NUM_GPUS:-}" ]; then
     echo "$RAY_NUM_GPUS"
   elif [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then
     echo "$SLURM_GPUS_ON_NODE"
-  elif [[ ${CUDA_VISIBLE_DEVICES:-} =~ ^[0-9a-zA-Z-]+(,[0-9a-zA-Z-]+)*$ && $CUDA_VISIBLE_DEVICES != NoDevFiles ]]; then
+  elif [[ ${CUDA_VISIBLE_DEVICES:-} =~ ^[0-9a-zA-Z-]+(,[0-9a-zA-Z-]+)*$ &&
+    $CUDA_VISIBLE_DEVICES != NoDevFiles ]]; then
     awk -F, '{ print NF }' <<<"$CUDA_VISIBLE_DEVICES"
   else
     echo 0
