@@ -130,11 +130,26 @@ def evaluate(items: list[dict], plans: list[str]) -> dict:
         for it in items
     )
     with_pair = [it for it in items if baseline[it["id"]] is not None]
+    kinds = {"win": 0, "tie": 0, "unresolved": 0}
+    for it in items:
+        for outcome in it["outcomes"].values():
+            kinds["win" if isinstance(outcome, int) else str(outcome)] += 1
+    # what picking uniformly at random would agree on, for scale (n candidates per item)
+    chance = {
+        "chosen": statistics.mean(1 / it["n"] for it in with_pair) if with_pair else None,
+        "both": statistics.mean(1 / (it["n"] * (it["n"] - 1)) for it in with_pair)
+        if with_pair
+        else None,
+    }
     out: dict = {
         "items": len(items),
         "candidates_per_item": sorted({it["n"] for it in items}),
         "items_with_round_robin_pair": len(with_pair),
         "round_robin_replay_matches_run": f"{consistent}/{len(items)}",
+        "pair_outcomes": kinds,
+        "agreement_by_chance": {
+            k: round(v, 3) if v is not None else None for k, v in chance.items()
+        },
         "plans": {},
     }
     for name in plans:
@@ -173,9 +188,11 @@ def summary_line(result: dict) -> str:
             f"{name} {p['comparisons_per_item']:g} comparisons, {p['calls_per_item']:g} calls/item"
             f"{share}, agrees chosen {a['chosen']:.0%} rejected {a['rejected']:.0%} both {a['both']:.0%}"
         )
+    k = result["pair_outcomes"]
     return (
         f"judge_plans: {result['items']} items, {result['items_with_round_robin_pair']} with a "
-        f"round-robin pair; " + "; ".join(parts)
+        f"round-robin pair (pairs: {k['win']} won, {k['tie']} tied, {k['unresolved']} "
+        f"unresolved); " + "; ".join(parts)
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace, bench: harness.Bench, sizes: list[int]) -> dic
                 rec["server_metrics"] = {k: int(after[k] - before[k]) for k in after}
             points.append(rec)
             print(f"{n} rows: {seconds:.1f}s, {rec['completion_tokens']} generated", flush=True)
+    shutil.rmtree(work_dir, ignore_errors=True)  # kept only when a run fails (server logs)
     fit = None
     if len(points) >= 2:
         fit = harness.linear_fit([p["rows"] for p in points], [p["seconds"] for p in points])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace, bench: harness.Bench, rows: list[dict]) -> dic
     sampling, lengths = forced_sampling(bench, rows, args)
     timeout = bench.settings.request_timeout_s
     results: dict[str, dict] = {}
-    with harness.engine_session(bench, args.backend, Path(tempfile.mkdtemp())) as session:
+    work_dir = Path(tempfile.mkdtemp(prefix="moaa-bench-"))
+    with harness.engine_session(bench, args.backend, work_dir) as session:
         startup = dict(session.startup)
         t0 = time.monotonic()
         asyncio.run(harness.warm_up(session.specs, timeout))
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace, bench: harness.Bench, rows: list[dict]) -> dic
             print(
                 f"{name}: {seconds:.1f}s, {rec['completion_tokens']} generated tokens", flush=True
             )
+    shutil.rmtree(work_dir, ignore_errors=True)  # kept only when a run fails (server logs)
     values = sorted(lengths.values())
     ratio = round(results["barrier"]["seconds"] / results["streaming"]["seconds"], 3)
     result = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace, bench: harness.Bench, rows: list[dict], modes:
         if "pipeline" in modes and not args.skip_pass_through:
             seconds, _ = harness.timed(harness.run_pass_through, rows, bench, work_dir)
             extra["pipeline_pass_through_s"] = round(seconds, 2)
+    shutil.rmtree(work_dir, ignore_errors=True)  # kept only when a run fails (server logs)
     r = ratios({k: v["seconds"] for k, v in results.items()})
     result = {
         "backend": args.backend,

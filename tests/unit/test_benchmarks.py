@@ -225,6 +225,8 @@ def test_judge_plans_replay_counts_calls_and_agreement(tmp_path):
     assert len(items) == 3 and "prefs.parquet" in notes["read_from"]
     out = judge_plans.evaluate(items, ["round_robin", "knockout"])
     assert out["round_robin_replay_matches_run"] == "3/3"
+    assert out["pair_outcomes"] == {"win": 18, "tie": 0, "unresolved": 0}
+    assert out["agreement_by_chance"] == {"chosen": 0.25, "both": 0.083}
     rr, ko = out["plans"]["round_robin"], out["plans"]["knockout"]
     assert rr["comparisons_per_item"] == 6 and rr["calls_per_item"] == 6 * 2 * 4
     assert ko["comparisons_per_item"] == 4 and ko["calls_per_item"] == 4 * 2 * 4
