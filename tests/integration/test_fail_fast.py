@@ -40,8 +40,13 @@ def test_help_is_fast_and_imports_nothing_heavy():
         (["models_dir=/nonexistent/models"], "no checkpoint at /nonexistent/models"),
         (["output_root=/proc/moaa-outputs"], "is not writable"),
         (
+            # 3 divides the 135M model's 9 query heads, so only the CPU placement is wrong
+            ["mixture.models.smollm2_135m_instruct.tensor_parallel_size=3", "limit=1"],
+            "tensor_parallel_size 3 needs GPUs",
+        ),
+        (
             ["mixture.models.smollm2_135m_instruct.tensor_parallel_size=2", "limit=1"],
-            "tensor_parallel_size 2 needs GPUs",
+            "tensor_parallel_size 2 must divide num_attention_heads 9",
         ),
         (["mixture.layers=[[{model: smollm2_135m_instruct}]]"], "at least two layers"),
     ],
