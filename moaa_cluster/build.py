@@ -63,13 +63,14 @@ def sources(dataset_cfg) -> list[Source]:
     return out
 
 
-def synth_settings(cfg, defaults: dict) -> SynthSettings:
+def synth_settings(cfg, defaults: dict, execution: str | None = None) -> SynthSettings:
     return SynthSettings(
         defaults=defaults,
         seed=cfg.seed,
         batch_size=int(cfg.cluster.batch_size),
         workers=int(cfg.cluster.workers),
         record_prompts=bool(cfg.record_prompts),
+        execution=str(execution or cfg.get("execution") or "auto"),
     )
 
 
@@ -210,7 +211,7 @@ def pipeline(cfg):
         synth_sources=sources(cfg.synth_data),
         mixture=mix,
         synth_specs=synth_specs,
-        synth_settings=synth_settings(cfg, defaults),
+        synth_settings=synth_settings(cfg, defaults, cfg.synth.get("execution")),
         synth_limit=limit(cfg.synth.limit, cfg.synth_data),
         sft_settings=train_settings(cfg.train_sft, cfg.base, cfg.get("sft_lora"), cfg.seed),
         dpo_settings=train_settings(cfg.train_dpo, cfg.base, cfg.get("dpo_lora"), cfg.seed),

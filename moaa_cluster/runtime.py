@@ -98,6 +98,49 @@ def _no_usage_stats_server(skip: bool) -> Iterator[None]:
         services.start_api_server = original
 
 
+def orphaned_engines() -> list:
+    """This user's vLLM engine processes whose Ray worker is gone (re-parented to init).
+
+    A driver killed with SIGKILL takes its local Ray down, but the ``VLLM::EngineCore``
+    processes the engine replicas spawned are in their own process groups and survive,
+    holding their memory. Only processes already orphaned match: a live run's engines
+    have their replica as parent.
+    """
+    import psutil
+
+    uid = os.getuid()
+    found = []
+    for p in psutil.process_iter(["pid", "ppid", "uids", "cmdline", "name"]):
+        try:
+            title = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
+            if p.info["ppid"] == 1 and title.startswith("VLLM::") and p.info["uids"].real == uid:
+                found.append(p)
+        except (psutil.Error, AttributeError):
+            continue
+    return found
+
+
+def reap_orphaned_engines() -> list[int]:
+    """Kills :func:`orphaned_engines` (left by a killed earlier run) and logs it."""
+    import psutil
+
+    reaped = []
+    for p in orphaned_engines():
+        try:
+            p.kill()
+            reaped.append(p.pid)
+        except psutil.Error:
+            continue
+    if reaped:
+        log.warning(
+            "killed %d orphaned vLLM engine process(es) left by an earlier run that was "
+            "killed: pids %s",
+            len(reaped),
+            reaped,
+        )
+    return reaped
+
+
 def init_ray(cluster: dict) -> None:
     """Starts a local Ray (``address: null``) or joins one; no-op when already connected."""
     import ray
@@ -116,6 +159,7 @@ def init_ray(cluster: dict) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        reap_orphaned_engines()  # this node's own leftovers, before new engines need memory
         dashboard = bool(cluster.get("dashboard", False))
         with _no_usage_stats_server(skip=not dashboard):
             ray.init(
@@ -230,6 +274,115 @@ def release(specs: list, *, owns_ray: bool, timeout_s: float = 60.0) -> dict:
     return report
 
 
+def preflight(cluster: dict, specs: list) -> None:
+    """Refuses, before Ray or any engine starts, engines that cannot be resident together.
+
+    The placement planner sizes each vLLM engine at its configured tensor-parallel size
+    (weights + KV cache for its context) against the inventory the cluster config describes
+    (``nodes``, ``gpus_per_node``, ``gpu_memory_gb``; on CPU the KV-cache space). A config
+    that does not describe its GPUs (``cluster=ray_address``) is checked by Ray's own
+    resource view once joined (:func:`check_capacity`).
+
+    Raises:
+        ConfigError: One line naming the model and the numbers.
+    """
+    from moaa_cluster.engines import planner
+
+    vllm = [s for s in specs if s.backend == "vllm"]
+    if vllm:
+        planner.check_fits(vllm, planner.inventory_from_cluster(cluster))
+
+
+class EngineHost:
+    """The engines a run hosts; :meth:`use` makes a set resident, swapping out the rest.
+
+    A run whose engines fit together calls ``use`` once; a run that goes layer by layer
+    (``pipeline.layered``) calls it per pass, and only the engines of that pass hold
+    accelerators meanwhile.
+    """
+
+    def __init__(self, timings: dict | None = None):
+        self.resident: dict[str, object] = {}  # Serve app name -> spec
+        self.used: dict[str, object] = {}
+        self.timings = timings if timings is not None else {}
+        self._watcher = None
+
+    def use(self, specs: list) -> None:
+        """Stops resident engines not in ``specs``, then starts those of ``specs`` not up."""
+        import ray
+
+        from moaa_cluster.engines.serve_llm import app_name, start_engines, stop_engines
+        from moaa_cluster.engines.watch import EngineWatcher
+
+        want = {app_name(s): s for s in specs if s.backend == "vllm"}
+        self._unwatch()
+        drop = [s for a, s in self.resident.items() if a not in want]
+        if drop:
+            log.info("stopping engine(s) not needed next: %s", ", ".join(s.name for s in drop))
+            stop_engines(drop)
+            for a in [a for a in self.resident if a not in want]:
+                del self.resident[a]
+        check_capacity(specs, ray.cluster_resources())
+        t0 = time.monotonic()
+        start_engines(specs)
+        self.timings["engine_start"] = self.timings.get("engine_start", 0.0) + (
+            time.monotonic() - t0
+        )
+        self.resident.update(want)
+        self.used.update(want)
+        self._watcher = EngineWatcher(list(self.resident.values())).__enter__()
+
+    def _unwatch(self) -> None:
+        if self._watcher is not None:
+            self._watcher.__exit__(None, None, None)
+            self._watcher = None
+
+
+@contextmanager
+def hosting(
+    cluster: dict,
+    *,
+    keep: bool = False,
+    timings: dict | None = None,
+    report: dict | None = None,
+) -> Iterator[EngineHost]:
+    """Joins Ray and yields an :class:`EngineHost`; releases every engine it started after.
+
+    On exit (also after a failure) the engines are deleted and their placement groups
+    checked; Ray itself is shut down if this call started it, so consecutive runs in one
+    process (sweep points) each start clean. With ``keep`` everything stays up for the next
+    command on the same cluster.
+
+    Args:
+        cluster: The cluster config (``conf/cluster``) as a plain mapping.
+        keep: Leave engines (and Ray) running.
+        timings: Receives ``engine_start`` seconds (summed over swaps).
+        report: Receives the Ray session and, after exit, what :func:`release` released
+            (manifests record it).
+    """
+    import ray
+
+    # a driver that joins a cluster (an address in the config, or RAY_ADDRESS as `ray job
+    # submit` sets) must never shut down Serve or Ray for everyone else on it
+    joins = bool(cluster.get("address") or os.environ.get("RAY_ADDRESS"))
+    owns_ray = not ray.is_initialized() and not joins
+    init_ray(cluster)
+    if report is not None:
+        report.update({**ray_session(), "started_by_run": owns_ray})
+    host = EngineHost(timings)
+    try:
+        yield host
+    finally:
+        host._unwatch()
+        if keep:
+            if report is not None:
+                report["ray"] = "kept running (keep_engines)"
+        else:
+            released = release(list(host.used.values()), owns_ray=owns_ray)
+            if report is not None:
+                report.update(released)
+
+
 @contextmanager
 def engines(
     cluster: dict,
@@ -239,46 +392,11 @@ def engines(
     timings: dict | None = None,
     report: dict | None = None,
 ) -> Iterator[None]:
-    """Joins Ray, refuses what cannot be placed, starts the engines, and stops them after.
+    """Checks the plan, joins Ray, starts ``specs``' engines all at once, and stops them after.
 
-    On exit (also after a failure) the engines are deleted and their placement groups
-    checked; Ray itself is shut down if this call started it, so consecutive runs in one
-    process (sweep points) each start clean. With ``keep`` everything stays up for the next
-    command on the same cluster.
-
-    Args:
-        cluster: The cluster config (``conf/cluster``) as a plain mapping.
-        specs: Model specs whose ``vllm`` engines to host.
-        keep: Leave engines (and Ray) running.
-        timings: Receives ``engine_start`` seconds.
-        report: Receives the Ray session and, after exit, what :func:`release` released
-            (manifests record it).
+    See :func:`hosting` for ``keep``, ``timings`` and ``report``.
     """
-    import ray
-
-    from moaa_cluster.engines.serve_llm import start_engines
-    from moaa_cluster.engines.watch import EngineWatcher
-
-    # a driver that joins a cluster (an address in the config, or RAY_ADDRESS as `ray job
-    # submit` sets) must never shut down Serve or Ray for everyone else on it
-    joins = bool(cluster.get("address") or os.environ.get("RAY_ADDRESS"))
-    owns_ray = not ray.is_initialized() and not joins
-    init_ray(cluster)
-    if report is not None:
-        report.update({**ray_session(), "started_by_run": owns_ray})
-    try:
-        check_capacity(specs, ray.cluster_resources())
-        t0 = time.monotonic()
-        start_engines(specs)
-        if timings is not None:
-            timings["engine_start"] = time.monotonic() - t0
-        with EngineWatcher(specs):  # logs an engine dying and Serve replacing it
-            yield
-    finally:
-        if keep:
-            if report is not None:
-                report["ray"] = "kept running (keep_engines)"
-        else:
-            released = release(specs, owns_ray=owns_ray)
-            if report is not None:
-                report.update(released)
+    preflight(cluster, specs)
+    with hosting(cluster, keep=keep, timings=timings, report=report) as host:
+        host.use(specs)
+        yield

@@ -128,6 +128,39 @@ def step_seed(base_seed: int | None, row_id: str, step: Step) -> int | None:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+async def run_step(
+    mixture: Mixture,
+    step: Step,
+    state: dict,
+    backend,
+    defaults: dict | None = None,
+    seed: int | None = None,
+    record_prompts: bool = False,
+) -> tuple[str, dict]:
+    """One model call: ``step``'s answer on a row's ``state`` and its provenance record.
+
+    ``backend`` is an object with ``async chat(messages, sampling)``. With ``record_prompts``
+    the record keeps the exact messages sent (as JSON).
+    """
+    sampling = {**(defaults or {}), **step.agent.sampling}
+    if sampling.get("seed") is None:
+        sampling["seed"] = step_seed(seed, state["id"], step)
+    messages = step_messages(mixture, step, state)
+    completion = await backend.chat(messages, sampling)
+    return completion.text, {
+        "turn": step.turn,
+        "layer": step.layer,
+        "seat": step.index,
+        "model": completion.model,
+        "text": completion.text,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "finish_reason": completion.finish_reason,
+        "seconds": round(completion.seconds, 3),
+        "prompt": json.dumps(messages, ensure_ascii=False) if record_prompts else None,
+    }
+
+
 async def run_row(
     mixture: Mixture,
     row: dict,
@@ -141,8 +174,6 @@ async def run_row(
     The seats of a layer are called concurrently; the next layer starts when they are all
     back. ``backends`` maps a model name to an object with ``async chat(messages, sampling)``.
 
-    With ``record_prompts`` every call record also keeps the exact messages sent (as JSON).
-
     Returns:
         The row's answer columns and one provenance record per model call, in step order.
     """
@@ -153,33 +184,22 @@ async def run_row(
     for turn in range(len(row["turns"])):
         for layer_idx, layer in enumerate(mixture.layers):
             steps = [Step(turn, layer_idx, i, agent) for i, agent in enumerate(layer)]
-
-            async def call(step: Step):
-                sampling = {**(defaults or {}), **step.agent.sampling}
-                if sampling.get("seed") is None:
-                    sampling["seed"] = step_seed(seed, row["id"], step)
-                messages = step_messages(mixture, step, state)
-                completion = await backends[step.agent.model].chat(messages, sampling)
-                return completion, messages
-
-            results = await asyncio.gather(*(call(s) for s in steps))
-            for step, (completion, messages) in zip(steps, results, strict=True):
-                state[step.column] = completion.text
-                calls.append(
-                    {
-                        "turn": step.turn,
-                        "layer": step.layer,
-                        "seat": step.index,
-                        "model": completion.model,
-                        "text": completion.text,
-                        "prompt_tokens": completion.prompt_tokens,
-                        "completion_tokens": completion.completion_tokens,
-                        "finish_reason": completion.finish_reason,
-                        "seconds": round(completion.seconds, 3),
-                        "prompt": json.dumps(messages, ensure_ascii=False)
-                        if record_prompts
-                        else None,
-                    }
+            results = await asyncio.gather(
+                *(
+                    run_step(
+                        mixture,
+                        s,
+                        state,
+                        backends[s.agent.model],
+                        defaults,
+                        seed,
+                        record_prompts,
+                    )
+                    for s in steps
                 )
+            )
+            for step, (text, record) in zip(steps, results, strict=True):
+                state[step.column] = text
+                calls.append(record)
     answers = {k: v for k, v in state.items() if k not in row}
     return answers, calls

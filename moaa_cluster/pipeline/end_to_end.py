@@ -105,12 +105,25 @@ def run_pipeline(
     timings: dict[str, float] = {}
     skipped: list[str] = []
 
+    prefs_specs = {**parts.judge_specs, SAMPLER: sft_spec}
+    eval_specs = {**parts.judge_specs, "model": dpo_spec, "baseline": parts.base}
+    preflight(parts, cluster, prefs_specs, eval_specs)
+
     def stage(name: str, fn, engines: dict | None = None) -> None:
         if is_complete(name, dirs[name]):
             skipped.append(name)
             print(f"== {name}: complete in {dirs[name]}, skipped", flush=True)
             return
         print(f"== {name} -> {dirs[name]}", flush=True)
+        # engines kept from the last stage that this one does not use are stopped first;
+        # a training stage on GPUs frees every engine (the trainers need the devices)
+        if engines is not None or parts.scaling.use_gpu:
+            wanted = {s.name for s in (engines or {}).values()}
+            drop = [s for n, s in started.items() if n not in wanted]
+            if drop:
+                stop_engines(drop)
+                for s in drop:
+                    started.pop(s.name)
         started.update({s.name: s for s in (engines or {}).values()})
         t0 = time.monotonic()
         fn()
@@ -149,7 +162,6 @@ def run_pipeline(
                 parts.scaling,
             ),
         )
-        prefs_specs = {**parts.judge_specs, SAMPLER: sft_spec}
         stage(
             "prefs",
             lambda: make_preferences(
@@ -181,7 +193,7 @@ def run_pipeline(
         stage(
             "eval",
             lambda: _evaluate(parts, dpo_spec, dirs["eval"], cluster, progress),
-            {**parts.judge_specs, "model": dpo_spec, "baseline": parts.base},
+            eval_specs,
         )
     finally:
         if started:
@@ -203,6 +215,29 @@ def run_pipeline(
     for s in STAGES:
         print(f"  {s:<6} {timings.get(s, 'skipped')!s:>10} s  {dirs[s]}", flush=True)
     return manifest
+
+
+def preflight(parts: PipelineParts, cluster: dict, prefs_specs: dict, eval_specs: dict) -> None:
+    """Every stage's engines checked against the cluster before the first one starts.
+
+    Stage 1 may run layer by layer when its mixture does not fit at once
+    (``synth.execution``); the judge stages need their engines resident together. A
+    config that cannot run fails here in seconds, not after hours of stage 1.
+    """
+    from moaa_cluster import runtime
+    from moaa_cluster.pipeline.layered import plan_passes, planner_fits
+
+    plan_passes(
+        parts.mixture,
+        planner_fits(parts.synth_specs, cluster),
+        parts.synth_settings.execution,
+        max_turns=1,
+    )
+    for label, specs in (("prefs", prefs_specs), ("eval", eval_specs)):
+        try:
+            runtime.preflight(cluster, list(specs.values()))
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline stage {label}: {exc}") from exc
 
 
 def _evaluate(parts: PipelineParts, dpo: ModelSpec, out: Path, cluster: dict, progress: bool):

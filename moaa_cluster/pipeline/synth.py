@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa.mixture import Mixture, conversation, run_row
+from moaa_cluster.pipeline.layered import plan_passes, planner_fits, run_layered
 from moaa_cluster.pipeline.stage import (
     consolidate,
     finished_ids,
@@ -84,6 +85,9 @@ class SynthSettings:
     request_timeout_s: float | None = 600.0
     record_prompts: bool = False
     attempts: int = 4  # per row, on transient engine errors (a restarting engine)
+    # auto: all engines at once when the planner says they fit, else layer by layer
+    # (pipeline.layered); resident: refuse when they do not fit; layered: always pass by pass
+    execution: str = "auto"
 
 
 class MixtureWorker:
@@ -350,7 +354,16 @@ def synthesize(
     timings: dict[str, float] = {"read": time.monotonic() - t_start}
     ray_report: dict = {}  # Ray session, engines released, placement groups left
 
+    passes = None
     if todo:
+        # the planner decides before Ray or any engine starts: resident, layered, or refused
+        passes = plan_passes(
+            mixture,
+            planner_fits(specs, cluster),
+            settings.execution,
+            max(len(r["turns"]) for r in todo),
+        )
+    if todo and passes is None:
         with runtime.engines(
             cluster, list(specs.values()), keep=keep_engines, timings=timings, report=ray_report
         ):
@@ -359,6 +372,27 @@ def synthesize(
                 run_rows(todo, mixture, specs, settings, run_dir, progress=progress)
             finally:
                 timings["generation"] = time.monotonic() - t0
+    elif todo:
+        with runtime.hosting(
+            cluster, keep=keep_engines, timings=timings, report=ray_report
+        ) as host:
+            t0 = time.monotonic()
+            try:
+                run_layered(
+                    todo,
+                    mixture,
+                    specs,
+                    settings,
+                    run_dir,
+                    passes,
+                    host,
+                    input_schema=INPUT_SCHEMA,
+                    shard_schema=SHARD_SCHEMA,
+                    progress=progress,
+                )
+            finally:
+                # engine start-up is summed over the passes' swaps
+                timings["generation"] = time.monotonic() - t0 - timings.get("engine_start", 0)
     counts = write_outputs(run_dir, mixture, rejects)
     counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
     timings["total"] = time.monotonic() - t_start
@@ -375,6 +409,7 @@ def synthesize(
             "defaults": settings.defaults,
         },
         "models": {k: model_record(s) for k, s in specs.items()},
+        "execution": "resident" if passes is None else [p.label for p in passes],
         "ray": ray_report or None,
         "versions": package_versions(),
         **(manifest_extra or {}),

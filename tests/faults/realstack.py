@@ -56,10 +56,13 @@ def shard_rows(run_dir: Path) -> dict[str, dict]:
     return rows
 
 
-def kill_orphaned_engines(since: float) -> list[str]:
-    """SIGKILL of the driver's session leaves vLLM worker processes re-parented to init
-    (they are not in its process group). Clean them up so the rerun is not starved; the
-    caller reports them (a known gap, see issue #6)."""
+def orphaned_engines(since: float, kill: bool = False) -> list[str]:
+    """vLLM engine processes re-parented to init, started after ``since``.
+
+    SIGKILL of the driver's session leaves them behind (they are not in its process
+    group); the next run reaps them (``runtime.reap_orphaned_engines``). With ``kill`` they
+    are killed here instead (cleanup after a test that failed).
+    """
     import psutil
 
     found = []
@@ -67,8 +70,19 @@ def kill_orphaned_engines(since: float) -> list[str]:
         title = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
         if p.info["ppid"] == 1 and p.info["create_time"] >= since and title.startswith("VLLM::"):
             found.append(f"{p.info['pid']} {title}")
-            p.kill()
+            if kill:
+                p.kill()
     return found
+
+
+def assert_rerun_reaped(orphans: list[str], since: float, rerun_output: str) -> None:
+    """The rerun killed what the killed run left behind, and said so."""
+    left = orphaned_engines(since, kill=True)
+    assert not left, f"orphaned engine processes left after the rerun: {left}"
+    if orphans:  # (the reaper also counts older leftovers of this user, so no count here)
+        assert "orphaned vLLM engine process(es) left by an earlier run" in rerun_output, (
+            rerun_output[-3000:]
+        )
 
 
 def engine_core(model: str):

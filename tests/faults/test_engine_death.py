@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 
 from tests.faults.realstack import (
     engine_core,
-    kill_orphaned_engines,
     moaa_cmd,
+    orphaned_engines,
     start,
     wait_for_shards,
 )
@@ -56,7 +56,7 @@ def test_run_survives_an_engine_death(tmp_path: Path, models_dir: Path):
             proc.kill()
     out = log.read_text(errors="replace")
     total_s = time.time() - started
-    orphans = kill_orphaned_engines(started)
+    orphans = orphaned_engines(started, kill=True)
     assert rc == 0, out[-4000:]
 
     # every row exactly once, none failed, nothing rejected

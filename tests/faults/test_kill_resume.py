@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.faults.realstack import kill_orphaned_engines, shard_rows
+from tests.faults.realstack import assert_rerun_reaped, orphaned_engines, shard_rows
 
 
 def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_dir: Path):
@@ -46,7 +46,7 @@ def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(3)
-    orphans = kill_orphaned_engines(started)
+    orphans = orphaned_engines(started)
     print(f"orphaned engine processes after kill -9: {orphans}")
     before = shard_rows(run_dir)
     assert 2 * 4 <= len(before) < 24  # killed mid-run, with finished blocks on disk
@@ -54,6 +54,7 @@ def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert_rerun_reaped(orphans, started, again.stdout + again.stderr)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["counts"]["rows_resumed"] == len(before)
     assert manifest["counts"]["rows_ok"] == 24

@@ -11,8 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from tests.faults.realstack import (
-    kill_orphaned_engines,
+    assert_rerun_reaped,
     moaa_cmd,
+    orphaned_engines,
     run,
     shard_rows,
     start,
@@ -46,7 +47,7 @@ def test_killed_prefs_resumes_without_loss_or_duplicates(tmp_path: Path, models_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(3)
-    orphans = kill_orphaned_engines(started)
+    orphans = orphaned_engines(started)
     print(f"orphaned engine processes after kill -9: {orphans}")
     before = shard_rows(run_dir)
     assert 2 <= len(before) < LIMIT  # killed mid-run, with finished rows on disk
@@ -55,6 +56,7 @@ def test_killed_prefs_resumes_without_loss_or_duplicates(tmp_path: Path, models_
 
     again = run(cmd, models_dir, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert_rerun_reaped(orphans, started, again.stdout + again.stderr)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     c = manifest["counts"]
     assert c["rows_resumed"] == len(before)

@@ -78,3 +78,55 @@ def test_resume_redoes_only_missing_rows(mt_bench_run, run_synth):
     for r in after:
         if r["id"] not in lost:  # kept rows were not generated again
             assert r["calls"] == before[r["id"]]["calls"]
+
+
+def test_layer_by_layer_matches_the_resident_run_and_resumes_by_pass(
+    mt_bench_run, run_synth, tmp_path
+):
+    """``execution=layered``: engines swapped per (turn, layer), parquet between passes."""
+    resident_dir, resident = mt_bench_run
+    run_dir = tmp_path / "layered"
+    overrides = [
+        "dataset=mt_bench",
+        f"dataset.sources.mt_bench.path={MT_BENCH}",
+        "limit=3",
+        "record_prompts=true",
+        "mixture.sampling.max_tokens=96",
+        "execution=layered",
+    ]
+    first = run_synth(run_dir, overrides)
+    assert first["counts"]["rows_ok"] == 3 and first["counts"]["rows_failed"] == 0
+    # 2 turns x (proposers, aggregator); the proposer layer's two models fit together here
+    assert len(first["execution"]) == 4
+    assert sorted(p.name for p in (run_dir / "passes").iterdir()) == [
+        "t0-l0-s0_1",
+        "t0-l1-s0",
+        "t1-l0-s0_1",
+        "t1-l1-s0",
+    ]
+    rows = {r["id"]: r for r in pq.read_table(run_dir / "sft.parquet").to_pylist()}
+    ref = {r["id"]: r for r in pq.read_table(resident_dir / "sft.parquet").to_pylist()}
+    assert sorted(rows) == sorted(ref)
+    for rid, row in rows.items():
+        assert [(c["turn"], c["layer"], c["seat"]) for c in row["calls"]] == [
+            (c["turn"], c["layer"], c["seat"]) for c in ref[rid]["calls"]
+        ]
+        # the first proposer prompts depend on the question only: the same as resident
+        assert row["calls"][0]["prompt"] == ref[rid]["calls"][0]["prompt"]
+        # turn 2's aggregator got turn 2's proposals and turn 1's aggregate as history
+        agg2 = json.loads(row["calls"][-1]["prompt"])
+        assert agg2[2] == {"role": "assistant", "content": row["messages"][1]["content"]}
+        for c in row["calls"][3:5]:
+            assert c["text"] in agg2[0]["content"]
+
+    # killed during the last pass: the earlier passes are kept, only the last one is redone
+    for f in (run_dir / "shards").glob("*.parquet"):
+        f.unlink()
+    kept = sorted((run_dir / "passes" / "t1-l1-s0" / "shards").glob("*.parquet"))
+    kept[0].unlink()
+    again = run_synth(run_dir, overrides)
+    assert again["counts"]["rows_ok"] == 3
+    after = {r["id"]: r for r in pq.read_table(run_dir / "sft.parquet").to_pylist()}
+    assert sorted(after) == sorted(rows)
+    for rid, row in after.items():
+        assert row["calls"][:5] == rows[rid]["calls"][:5]  # earlier passes not regenerated
