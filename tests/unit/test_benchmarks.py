@@ -250,3 +250,12 @@ def test_spread_sends_calls_to_each_client_in_turn():
     for k in range(4):
         asyncio.run(spread.chat([{"role": "user", "content": f"q{k}"}], {"seed": k}))
     assert [e[1] for e in events if e[0] == "start"] == ["p1", "p2", "p1", "p2"]
+
+
+def test_pipeline_tuning_variants_parse_and_refuse_bad_ones():
+    from benchmarks.pipeline_tuning import parse_variants
+
+    assert parse_variants("4x8, 2x32") == [(4, 8), (2, 32)]
+    for bad in ("4", "x8", "0x8", "4x", "four x 8", ""):
+        with pytest.raises(ValueError):
+            parse_variants(bad)
