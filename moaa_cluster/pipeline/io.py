@@ -182,8 +182,8 @@ def _jsonable(rec: object) -> object:
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
-    if not records:
-        return
+    """Appends ``records``; the file exists afterwards even when there are none (a run's
+    summary names its ``rejects.jsonl`` whether or not anything was rejected)."""
     with open(path, "a", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")

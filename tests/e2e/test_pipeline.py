@@ -34,13 +34,15 @@ def _changed(a: dict, b: dict) -> int:
 
 
 def test_pipeline_end_to_end_then_skips_when_complete(tmp_path: Path, models_dir: Path):
+    # run from a scratch directory with a relative output root, as a user would: Ray Train
+    # workers and engine replicas do not share the driver's cwd
     out_root = tmp_path / "outputs"
     cmd = [
         sys.executable,
         "-m",
         "moaa_cluster.cli",
         "pipeline",
-        f"output_root={out_root}",
+        "output_root=outputs",
         "progress=false",
         "synth.limit=4",
         "mixture.sampling.max_tokens=64",
@@ -57,7 +59,7 @@ def test_pipeline_end_to_end_then_skips_when_complete(tmp_path: Path, models_dir
         "eval.resamples=200",
     ]
     env = {**os.environ, "MOAA_MODELS_DIR": str(models_dir)}
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2400)
+    first = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=2400)
     assert first.returncode == 0, (first.stdout[-3000:], first.stderr[-5000:])
     run = out_root / "pipeline-embedded-smollm2-135m-instruct"
     manifest = json.loads((run / "manifest.json").read_text())
@@ -120,7 +122,7 @@ def test_pipeline_end_to_end_then_skips_when_complete(tmp_path: Path, models_dir
 
     # the same command again: all complete, nothing starts
     t0 = time.monotonic()
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run / "manifest.json").read_text())["skipped"] == list(STAGES)
     assert "engine(s)" not in again.stdout + again.stderr  # no engine was started
