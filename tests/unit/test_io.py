@@ -247,7 +247,7 @@ def test_append_and_read_jsonl_round_trip(tmp_path):
     path = tmp_path / "rejects.jsonl"
     assert read_jsonl(path) == []
     append_jsonl(path, [])
-    assert not path.exists(), "nothing to write, no file"
+    assert path.exists() and path.read_text() == "", "an empty file: the run had no rejects"
     first = [{"id": "1", "text": "héllo ✓"}, {"id": "2", "nested": {"a": [1, 2]}, "none": None}]
     append_jsonl(path, first)
     append_jsonl(path, [{"id": "3"}])
