@@ -1,7 +1,7 @@
 """Our pipeline's wall time under different row concurrency, in one engine session.
 
     python -m benchmarks.pipeline_tuning                        # 4x8 (default), 4x16, 2x32
-    python -m benchmarks.pipeline_tuning --variants 4x8,8x8 --rows 64
+    python -m benchmarks.pipeline_tuning --variants 2x32/32,2x32/4 --rows 64
 
 Stage 1 (the Ray Data stage ``moaa synth`` runs) on the same MT-Bench first turns once per
 variant ``WORKERSxROWS`` (Ray Data actors x rows each keeps in flight), then per-row
@@ -24,14 +24,20 @@ from pathlib import Path
 from benchmarks import harness
 
 
-def parse_variants(text: str) -> list[tuple[int, int]]:
-    """``"4x8,2x32"`` -> ``[(4, 8), (2, 32)]`` (workers, rows in flight per worker)."""
+def parse_variants(text: str) -> list[tuple[int, int, int | None]]:
+    """``"4x8,2x32/4"`` -> ``[(4, 8, None), (2, 32, 4)]``.
+
+    ``WORKERSxROWS[/BLOCK]``: Ray Data actors, rows each keeps in flight, rows per block
+    (default: the pipeline's own, ``pipeline.stage.BLOCK_ROWS``).
+    """
     out = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        workers, _, rows = part.partition("x")
-        if not (workers.isdigit() and rows.isdigit()) or int(workers) < 1 or int(rows) < 1:
-            raise ValueError(f"variant {part!r} is not WORKERSxROWS, e.g. 4x8")
-        out.append((int(workers), int(rows)))
+        head, _, block = part.partition("/")
+        workers, _, rows = head.partition("x")
+        nums = [workers, rows] + ([block] if "/" in part else [])
+        if not all(n.isdigit() and int(n) >= 1 for n in nums):
+            raise ValueError(f"variant {part!r} is not WORKERSxROWS[/BLOCK], e.g. 4x8 or 2x32/4")
+        out.append((int(workers), int(rows), int(block) if block else None))
     if not out:
         raise ValueError("no variants given")
     return out
@@ -53,15 +59,18 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.monotonic()
         asyncio.run(harness.warm_up(session.specs, timeout))
         startup["warm_up_s"] = round(time.monotonic() - t0, 2)
-        for workers, per_worker in variants:
+        for workers, per_worker, block in variants:
             tuned = replace(
-                bench, settings=replace(bench.settings, workers=workers, batch_size=per_worker)
+                bench,
+                settings=replace(
+                    bench.settings, workers=workers, batch_size=per_worker, rows_per_block=block
+                ),
             )
             timeline: dict = {}
             seconds, calls = harness.timed(
                 harness.run_pipeline, rows, tuned, session.specs, work_dir, timeline
             )
-            key = f"pipeline {workers}x{per_worker}"
+            key = f"pipeline {workers}x{per_worker}" + (f"/{block}" if block else "")
             results[key] = harness.mode_record(seconds, calls, rows_finished_after_s=timeline)
             print(
                 f"{key}: {seconds:.1f}s, {results[key]['completion_tokens']} generated", flush=True
@@ -112,7 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default="4x8,4x16,2x32",
-        help="comma-separated WORKERSxROWS: Ray Data actors x rows each keeps in flight",
+        help="comma-separated WORKERSxROWS[/BLOCK]: Ray Data actors x rows each keeps in "
+        "flight [/ rows per block]",
     )
     p.add_argument("--rows", type=int, default=64, help="MT-Bench first turns (default 64)")
     p.add_argument("--max-tokens", type=int, default=48)

@@ -267,6 +267,7 @@ def run_layered(
                 worker_cpus=settings.worker_cpus,
                 desc=f"synth pass {i}/{len(passes)}",
                 progress=progress,
+                rows_per_block=settings.rows_per_block,
             )
         ok, bad = consolidate(pass_dir)
         wanted = {r["id"] for r in todo}

@@ -67,6 +67,29 @@ def consolidate(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return done, failed
 
 
+BLOCK_ROWS = 4  # rows per block: the unit of progress, of shards and of resume
+MAX_BLOCKS = 4096
+
+
+def block_plan(
+    n_rows: int, in_flight: int, rows_per_block: int | None = None
+) -> tuple[int, int, int]:
+    """How ``n_rows`` are cut into blocks and how many blocks a worker runs at once.
+
+    A worker keeps ``in_flight`` rows in flight as several small blocks running
+    concurrently, not one big block: a finished block is written (and counted by the
+    progress bar) at once, and a slow row holds back only its own block.
+
+    Returns:
+        ``(blocks, rows_per_block, blocks_per_worker)``.
+    """
+    in_flight = max(1, in_flight)
+    per_block = max(1, min(rows_per_block or BLOCK_ROWS, in_flight))
+    blocks = max(1, min(-(-n_rows // per_block), MAX_BLOCKS))
+    per_block = max(per_block, -(-n_rows // blocks))  # many rows: fewer, bigger blocks
+    return blocks, per_block, max(1, -(-in_flight // per_block))
+
+
 def stream_rows(
     rows: list[dict],
     input_schema: pa.Schema,
@@ -80,11 +103,14 @@ def stream_rows(
     worker_cpus: float = 0.25,
     desc: str = "rows",
     progress: bool = True,
+    rows_per_block: int | None = None,
 ) -> int:
     """Streams ``rows`` through ``worker_cls`` actors; writes shards as blocks finish.
 
     ``worker_cls(**worker_kwargs)`` must be an async callable taking and yielding a
-    ``pyarrow.Table`` batch with ``output_schema``'s columns.
+    ``pyarrow.Table`` batch with ``output_schema``'s columns. Each of the ``workers`` actors
+    keeps ``batch_size`` rows in flight, as blocks of ``rows_per_block`` rows
+    (:func:`block_plan`) that run concurrently in the actor.
 
     Returns:
         Number of rows written.
@@ -98,14 +124,19 @@ def stream_rows(
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar below counts finished rows, with an ETA
     ctx.print_on_execution_start = False
-    blocks = max(1, min(-(-len(rows) // batch_size), 1024))
+    blocks, per_block, concurrent = block_plan(len(rows), batch_size, rows_per_block)
     ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=input_schema)).repartition(blocks)
     ds = ds.map_batches(
         worker_cls,
         fn_constructor_kwargs=worker_kwargs,
-        batch_size=batch_size,
+        batch_size=per_block,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=max(1, min(workers, blocks))),
+        # an async worker runs several blocks at once in its event loop
+        compute=ActorPoolStrategy(
+            size=max(1, min(workers, -(-blocks // concurrent))),
+            max_tasks_in_flight_per_actor=concurrent,
+            max_concurrent_calls_per_actor=concurrent,
+        ),
         num_cpus=worker_cpus,
     )
     written = 0

@@ -88,6 +88,7 @@ class SynthSettings:
     # auto: all engines at once when the planner says they fit, else layer by layer
     # (pipeline.layered); resident: refuse when they do not fit; layered: always pass by pass
     execution: str = "auto"
+    rows_per_block: int | None = None  # None: stage.BLOCK_ROWS (benchmarks vary it)
 
 
 class MixtureWorker:
@@ -154,6 +155,7 @@ def run_rows(
         worker_cpus=settings.worker_cpus,
         desc="synth rows",
         progress=progress,
+        rows_per_block=settings.rows_per_block,
     )
 
 

@@ -255,7 +255,7 @@ def test_spread_sends_calls_to_each_client_in_turn():
 def test_pipeline_tuning_variants_parse_and_refuse_bad_ones():
     from benchmarks.pipeline_tuning import parse_variants
 
-    assert parse_variants("4x8, 2x32") == [(4, 8), (2, 32)]
-    for bad in ("4", "x8", "0x8", "4x", "four x 8", ""):
+    assert parse_variants("4x8, 2x32/4") == [(4, 8, None), (2, 32, 4)]
+    for bad in ("4", "x8", "0x8", "4x", "four x 8", "", "2x32/", "2x32/0"):
         with pytest.raises(ValueError):
             parse_variants(bad)

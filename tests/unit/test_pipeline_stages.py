@@ -69,3 +69,16 @@ def test_pipeline_config_builds_every_stage(compose):
     assert parts.base.path == "/m/smollm2-135m-instruct"
     assert [s.name for s in parts.eval_sources] == ["embedded_heldout"]
     assert STAGES == ("synth", "sft", "prefs", "dpo", "eval")
+
+
+def test_block_plan_keeps_rows_in_flight_as_small_concurrent_blocks():
+    from moaa_cluster.pipeline.stage import block_plan
+
+    # 64 rows, 32 in flight per worker: 16 blocks of 4, 8 of them at once in a worker
+    assert block_plan(64, 32) == (16, 4, 8)
+    assert block_plan(24, 32) == (6, 4, 8)
+    assert block_plan(3, 1) == (3, 1, 1)  # one row per shard (the resume tests rely on it)
+    assert block_plan(24, 4) == (6, 4, 1)
+    assert block_plan(64, 32, rows_per_block=32) == (2, 32, 1)  # one big block per worker
+    blocks, per_block, _ = block_plan(100_000, 64)
+    assert blocks <= 4096 and blocks * per_block >= 100_000  # many rows: bigger blocks
