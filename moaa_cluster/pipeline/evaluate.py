@@ -31,12 +31,12 @@ from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
 from moaa_cluster.judge.ranking import TIE, UNRESOLVED
 from moaa_cluster.pipeline.prefs import COUNT_FIELDS
 from moaa_cluster.pipeline.stage import (
+    RowWorker,
     consolidate,
     finished_ids,
     open_run,
     package_versions,
     stream_rows,
-    with_retries,
     write_parquet_atomic,
 )
 from moaa_cluster.pipeline.synth import MESSAGE, save_json
@@ -181,8 +181,10 @@ def outcome_of(result_outcome: object) -> str:
     raise ValueError(f"unexpected pair outcome {result_outcome!r}")
 
 
-class EvalWorker:
+class EvalWorker(RowWorker):
     """Ray Data actor: answer, fetch or generate the baseline, judge both orders, per row."""
+
+    schema = SHARD_SCHEMA
 
     def __init__(self, judge: JudgeSpec, specs: dict, settings: EvalSettings):
         from moaa_cluster.engines.backends import make_backend
@@ -191,15 +193,13 @@ class EvalWorker:
         self.settings = settings
         self.backends = {k: make_backend(s, settings.request_timeout_s) for k, s in specs.items()}
 
-    async def _one(self, row: dict) -> dict:
+    def start(self, row: dict) -> dict:
         out = {k: row.get(k) for k in ("id", "source", "source_id", "system", "turns")}
-        out.update(error=None, outcome=None)
-        try:
-            await with_retries(lambda: self._answer_and_judge(row, out))
-        except Exception as exc:  # recorded per row; the run goes on
-            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        out["finished_at"] = time.time()
+        out["outcome"] = None
         return out
+
+    async def fill(self, row: dict, out: dict) -> None:
+        await self._answer_and_judge(row, out)
 
     async def _answer_and_judge(self, row: dict, out: dict) -> None:
         s = self.settings
@@ -235,10 +235,6 @@ class EvalWorker:
         out["verdict_baseline_first"] = comparisons[1]["winner"]
         out["judge"] = json.dumps({"comparisons": comparisons}, ensure_ascii=False)
         out.update({f"judge_{k}": v for k, v in summarize(comparisons).items()})
-
-    async def __call__(self, batch: pa.Table):
-        results = await asyncio.gather(*(self._one(r) for r in batch.to_pylist()))
-        yield pa.Table.from_pylist(results, schema=SHARD_SCHEMA)
 
 
 def length_rejects(

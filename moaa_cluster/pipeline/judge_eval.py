@@ -18,7 +18,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
-from moaa_cluster.pipeline.stage import consolidate, finished_ids, open_run, stream_rows
+from moaa_cluster.pipeline.stage import (
+    RowWorker,
+    consolidate,
+    finished_ids,
+    open_run,
+    stream_rows,
+)
 from moaa_cluster.pipeline.synth import MESSAGE, save_json
 
 _HH_TURN = re.compile(r"\n\nHuman: |\n\nAssistant: ")
@@ -130,8 +136,10 @@ SHARD_SCHEMA = pa.schema(
 )
 
 
-class JudgeEvalWorker:
+class JudgeEvalWorker(RowWorker):
     """Ray Data actor: every judge on every pair of a batch, both orders."""
+
+    schema = SHARD_SCHEMA
 
     def __init__(
         self, judges: list[JudgeSpec], specs: dict, request_timeout_s: float | None = 900.0
@@ -141,31 +149,24 @@ class JudgeEvalWorker:
         self.judges = judges
         self.backends = {k: make_backend(s, request_timeout_s) for k, s in specs.items()}
 
-    async def _one(self, row: dict) -> dict:
-        out = {"id": row["id"], "results": None, "error": None}
-        try:
-            answers = [row["chosen"], row["rejected"]]
-            done = await asyncio.gather(
-                *(
-                    judge_pair(j, self.backends, row["prompt"], answers, 0, 1, key=row["id"])
-                    for j in self.judges
-                )
-            )
-            out["results"] = json.dumps(
-                {
-                    j.name: {"outcome": str(res.outcome), "comparisons": cmps}
-                    for j, (res, cmps) in zip(self.judges, done, strict=True)
-                },
-                ensure_ascii=False,
-            )
-        except Exception as exc:
-            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        out["finished_at"] = time.time()
-        return out
+    def start(self, row: dict) -> dict:
+        return {"id": row["id"], "results": None}
 
-    async def __call__(self, batch: pa.Table):
-        results = await asyncio.gather(*(self._one(r) for r in batch.to_pylist()))
-        yield pa.Table.from_pylist(results, schema=SHARD_SCHEMA)
+    async def fill(self, row: dict, out: dict) -> None:
+        answers = [row["chosen"], row["rejected"]]
+        done = await asyncio.gather(
+            *(
+                judge_pair(j, self.backends, row["prompt"], answers, 0, 1, key=row["id"])
+                for j in self.judges
+            )
+        )
+        out["results"] = json.dumps(
+            {
+                j.name: {"outcome": str(res.outcome), "comparisons": cmps}
+                for j, (res, cmps) in zip(self.judges, done, strict=True)
+            },
+            ensure_ascii=False,
+        )
 
 
 def metrics(rows: list[dict], judges: list[JudgeSpec]) -> list[dict]:

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from moaa_cluster.engines.spec import ConfigError, ModelSpec
 from moaa_cluster.moa.mixture import Mixture, Step, conversation, run_step
-from moaa_cluster.pipeline.stage import consolidate, stream_rows, with_retries, write_shard
+from moaa_cluster.pipeline.stage import RowWorker, consolidate, stream_rows, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _pass_schemas(call_type: pa.DataType, input_schema: pa.Schema) -> tuple[pa.S
     return pass_in, pass_out
 
 
-class PassWorker:
+class PassWorker(RowWorker):
     """Ray Data actor: one pass's seats on each row of a batch, rows concurrently."""
 
     def __init__(
@@ -155,55 +155,36 @@ class PassWorker:
         self.settings = settings
         self.step = step
         self.schema = output_schema
+        self.attempts = settings.attempts
         self.backends = backends or {
             k: make_backend(specs[k], settings.request_timeout_s) for k in step.models
         }
 
-    async def _one(self, row: dict) -> dict:
-        p = self.step
+    def start(self, row: dict) -> dict:
+        return {"id": row["id"], "state": "{}", "calls": []}
+
+    async def fill(self, row: dict, out: dict) -> None:
+        p, s = self.step, self.settings
         state = {**{k: v for k, v in row.items() if k != "state"}, **json.loads(row["state"])}
         steps = [Step(p.turn, p.layer, i, self.mixture.layers[p.layer][i]) for i in p.seats]
-        retries: list[int] = []
-        out = {"id": row["id"], "state": "{}", "calls": [], "error": None}
-        s = self.settings
-
-        async def calls():
-            return await asyncio.gather(
-                *(
-                    run_step(
-                        self.mixture,
-                        st,
-                        state,
-                        self.backends[st.agent.model],
-                        s.defaults,
-                        s.seed,
-                        s.record_prompts,
-                    )
-                    for st in steps
+        results = await asyncio.gather(
+            *(
+                run_step(
+                    self.mixture,
+                    st,
+                    state,
+                    self.backends[st.agent.model],
+                    s.defaults,
+                    s.seed,
+                    s.record_prompts,
                 )
+                for st in steps
             )
-
-        try:
-            results = await with_retries(
-                calls,
-                attempts=s.attempts,
-                label=f"row {row['id']}",
-                on_retry=lambda n, exc: retries.append(n),
-            )
-            out["state"] = json.dumps(
-                {st.column: text for st, (text, _) in zip(steps, results, strict=True)}
-            )
-            out["calls"] = [rec for _, rec in results]
-        except Exception as exc:  # recorded per row; the run goes on
-            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        out["finished_at"] = time.time()
-        out["retries"] = len(retries)
-        return out
-
-    async def __call__(self, batch: pa.Table):
-        rows = batch.to_pylist()
-        results = await asyncio.gather(*(self._one(r) for r in rows))
-        yield pa.Table.from_pylist(results, schema=self.schema)
+        )
+        out["state"] = json.dumps(
+            {st.column: text for st, (text, _) in zip(steps, results, strict=True)}
+        )
+        out["calls"] = [rec for _, rec in results]
 
 
 def run_layered(

@@ -22,12 +22,12 @@ import pyarrow as pa
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.judge.judge import JudgeSpec, rank
 from moaa_cluster.pipeline.stage import (
+    RowWorker,
     consolidate,
     finished_ids,
     open_run,
     package_versions,
     stream_rows,
-    with_retries,
     write_parquet_atomic,
 )
 from moaa_cluster.pipeline.synth import MESSAGE, model_record, save_json
@@ -134,8 +134,10 @@ def candidate_seed(base: int | None, row_id: str, k: int) -> int | None:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-class PrefsWorker:
+class PrefsWorker(RowWorker):
     """Ray Data actor: sample candidates, judge them, pick the pair, for each row of a batch."""
+
+    schema = SHARD_SCHEMA
 
     def __init__(self, judge: JudgeSpec | None, specs: dict, settings: PrefsSettings):
         from moaa_cluster.engines.backends import make_backend
@@ -144,23 +146,15 @@ class PrefsWorker:
         self.settings = settings
         self.backends = {k: make_backend(s, settings.request_timeout_s) for k, s in specs.items()}
 
-    async def _one(self, row: dict) -> dict:
+    def start(self, row: dict) -> dict:
         out = {k: row.get(k) for k in ("id", "source", "source_id")}
-        out.update(error=None, status=None, prompt=[], chosen=[], rejected=[], candidates=[])
-        retries: list[int] = []
-        try:
-            prompt = prompt_messages(row)
-            out["prompt"] = prompt
-            await with_retries(
-                lambda: self._sample_and_rank(row, prompt, out),
-                label=f"row {row['id']}",
-                on_retry=lambda n, exc: retries.append(n),
-            )
-        except Exception as exc:  # recorded per row; the run goes on
-            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        out["finished_at"] = time.time()
-        out["retries"] = len(retries)
+        out.update(status=None, prompt=[], chosen=[], rejected=[], candidates=[])
         return out
+
+    async def fill(self, row: dict, out: dict) -> None:
+        prompt = prompt_messages(row)
+        out["prompt"] = prompt
+        await self._sample_and_rank(row, prompt, out)
 
     async def _sample_and_rank(self, row: dict, prompt: list[dict], out: dict) -> None:
         """Fills ``out`` with candidates, judge results and the pair (retried as a whole)."""
@@ -195,10 +189,6 @@ class PrefsWorker:
                 out["rejected_index"] = ranked["rejected"]
                 out["chosen"] = [{"role": "assistant", "content": texts[ranked["chosen"]]}]
                 out["rejected"] = [{"role": "assistant", "content": texts[ranked["rejected"]]}]
-
-    async def __call__(self, batch: pa.Table):
-        results = await asyncio.gather(*(self._one(r) for r in batch.to_pylist()))
-        yield pa.Table.from_pylist(results, schema=SHARD_SCHEMA)
 
 
 CANDIDATE_COLUMNS = ["id", "source", "source_id", "prompt", "candidates", "candidate_tokens"]

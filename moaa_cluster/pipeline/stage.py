@@ -8,6 +8,7 @@ redoing or duplicating), while a row that failed is tried again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -148,6 +149,46 @@ def stream_rows(
             written += batch.num_rows
             bar.update(batch.num_rows)
     return written
+
+
+class RowWorker:
+    """Base of every task's Ray Data worker: the rows of a batch run concurrently.
+
+    A subclass sets ``schema`` (its shard schema) and implements ``start(row)`` (the output
+    fields a row keeps even when it fails) and ``async fill(row, out)`` (the row's work,
+    filling ``out``). ``fill`` is retried as a whole on transient engine errors
+    (:func:`with_retries`, ``attempts``); any other error is recorded in the row's
+    ``error`` and the batch goes on. Every row gets ``finished_at`` and ``retries``.
+    """
+
+    schema: pa.Schema
+    attempts: int = 4
+
+    def start(self, row: dict) -> dict:
+        raise NotImplementedError
+
+    async def fill(self, row: dict, out: dict) -> None:
+        raise NotImplementedError
+
+    async def _one(self, row: dict) -> dict:
+        out = {**self.start(row), "error": None}
+        retries: list[int] = []
+        try:
+            await with_retries(
+                lambda: self.fill(row, out),
+                attempts=self.attempts,
+                label=f"row {row['id']}",
+                on_retry=lambda n, exc: retries.append(n),
+            )
+        except Exception as exc:  # recorded per row; the run goes on
+            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        out["finished_at"] = time.time()
+        out["retries"] = len(retries)
+        return out
+
+    async def __call__(self, batch: pa.Table):
+        results = await asyncio.gather(*(self._one(r) for r in batch.to_pylist()))
+        yield pa.Table.from_pylist(results, schema=self.schema)
 
 
 def check_writable(run_dir: Path) -> None:

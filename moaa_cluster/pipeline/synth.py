@@ -11,7 +11,6 @@ conversational format + provenance) and ``rejects.jsonl``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -24,12 +23,12 @@ from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa.mixture import Mixture, conversation, run_row
 from moaa_cluster.pipeline.layered import plan_passes, planner_fits, run_layered
 from moaa_cluster.pipeline.stage import (
+    RowWorker,
     consolidate,
     finished_ids,
     open_run,
     package_versions,
     stream_rows,
-    with_retries,
     write_parquet_atomic,
 )
 
@@ -91,47 +90,36 @@ class SynthSettings:
     rows_per_block: int | None = None  # None: stage.BLOCK_ROWS (benchmarks vary it)
 
 
-class MixtureWorker:
+class MixtureWorker(RowWorker):
     """Ray Data actor: runs the full mixture on each row of a batch, rows concurrently."""
+
+    schema = SHARD_SCHEMA
 
     def __init__(self, mixture: Mixture, specs: dict, settings: SynthSettings):
         from moaa_cluster.engines.backends import make_backend
 
         self.mixture = mixture
         self.settings = settings
+        self.attempts = settings.attempts
         self.backends = {
             name: make_backend(spec, settings.request_timeout_s) for name, spec in specs.items()
         }
 
-    async def _one(self, row: dict) -> dict:
-        out = {**row, "messages": [], "calls": [], "error": None}
-        retries: list[int] = []
-        try:
-            answers, calls = await with_retries(
-                lambda: run_row(
-                    self.mixture,
-                    row,
-                    self.backends,
-                    defaults=self.settings.defaults,
-                    seed=self.settings.seed,
-                    record_prompts=self.settings.record_prompts,
-                ),
-                attempts=self.settings.attempts,
-                label=f"row {row['id']}",
-                on_retry=lambda n, exc: retries.append(n),
-            )
-            out["messages"] = conversation(self.mixture, {**row, **answers})
-            out["calls"] = calls
-        except Exception as exc:  # recorded per row; the run goes on
-            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        out["finished_at"] = time.time()
-        out["retries"] = len(retries)
-        return out
+    def start(self, row: dict) -> dict:
+        return {**row, "messages": [], "calls": []}
 
-    async def __call__(self, batch: pa.Table):
-        rows = batch.to_pylist()
-        results = await asyncio.gather(*(self._one(r) for r in rows))
-        yield pa.Table.from_pylist(results, schema=SHARD_SCHEMA)
+    async def fill(self, row: dict, out: dict) -> None:
+        s = self.settings
+        answers, calls = await run_row(
+            self.mixture,
+            row,
+            self.backends,
+            defaults=s.defaults,
+            seed=s.seed,
+            record_prompts=s.record_prompts,
+        )
+        out["messages"] = conversation(self.mixture, {**row, **answers})
+        out["calls"] = calls
 
 
 def run_rows(

@@ -82,3 +82,41 @@ def test_block_plan_keeps_rows_in_flight_as_small_concurrent_blocks():
     assert block_plan(64, 32, rows_per_block=32) == (2, 32, 1)  # one big block per worker
     blocks, per_block, _ = block_plan(100_000, 64)
     assert blocks <= 4096 and blocks * per_block >= 100_000  # many rows: bigger blocks
+
+
+def test_row_worker_records_a_failed_row_and_keeps_the_batch_going():
+    import asyncio
+
+    import pyarrow as pa
+
+    from moaa_cluster.pipeline.stage import RowWorker
+
+    class Doubler(RowWorker):
+        schema = pa.schema(
+            [
+                ("id", pa.string()),
+                ("value", pa.int64()),
+                ("error", pa.string()),
+                ("finished_at", pa.float64()),
+                ("retries", pa.int32()),
+            ]
+        )
+
+        def start(self, row):
+            return {"id": row["id"], "value": None}
+
+        async def fill(self, row, out):
+            if row["x"] < 0:
+                raise ValueError("negative input")  # not transient: no retry
+            out["value"] = 2 * row["x"]
+
+    batch = pa.Table.from_pylist([{"id": "a", "x": 2}, {"id": "b", "x": -1}])
+
+    async def run():
+        return [t async for t in Doubler()(batch)]
+
+    (table,) = asyncio.run(run())
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert rows["a"]["value"] == 4 and rows["a"]["error"] is None
+    assert rows["b"]["value"] is None and rows["b"]["error"] == "ValueError: negative input"
+    assert all(r["retries"] == 0 and r["finished_at"] > 0 for r in rows.values())
