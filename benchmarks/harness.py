@@ -691,6 +691,17 @@ def machine() -> dict:
     }
 
 
+def add_run_args(p, *, max_tokens: int | None = 48) -> None:
+    """The options every inference benchmark takes: sampling length (unless ``None``: the
+    benchmark sets lengths itself), seed, questions, Hydra overrides and the result path."""
+    if max_tokens is not None:
+        p.add_argument("--max-tokens", type=int, default=max_tokens, help="per call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS)
+    p.add_argument("-o", "--override", action="append", default=[], help="Hydra override")
+    p.add_argument("--out", type=Path, default=None, help="result file (default: results/)")
+
+
 def write_result(name: str, result: dict, out: Path | None = None) -> Path:
     """Writes ``result`` (with date and machine) as ``benchmarks/results/<name>.json``."""
     path = Path(out) if out else RESULTS_DIR / f"{name}.json"

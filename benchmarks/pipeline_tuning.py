@@ -125,11 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "flight [/ rows per block]",
     )
     p.add_argument("--rows", type=int, default=64, help="MT-Bench first turns (default 64)")
-    p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--questions", type=Path, default=harness.DEFAULT_QUESTIONS)
-    p.add_argument("-o", "--override", action="append", default=[], help="Hydra override")
-    p.add_argument("--out", type=Path, default=None)
+    harness.add_run_args(p)
     return p.parse_args(argv)
 
 

@@ -98,12 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--backend", choices=["serve", "openai"], default="serve")
     p.add_argument("--sizes", default="50,100,200,400", help="comma-separated row counts")
-    p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--questions", type=Path, default=harness.DEFAULT_QUESTIONS)
+    harness.add_run_args(p)
     p.add_argument("--prefix-caching", action="store_true")
-    p.add_argument("-o", "--override", action="append", default=[], help="Hydra override")
-    p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
 
 

@@ -75,9 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Run under the real-stack lock: flock /tmp/moaa-realstack.lock python -m "
         "benchmarks.startup",
     )
-    p.add_argument("--questions", type=Path, default=harness.DEFAULT_QUESTIONS)
-    p.add_argument("-o", "--override", action="append", default=[], help="Hydra override")
-    p.add_argument("--out", type=Path, default=None)
+    harness.add_run_args(p)
     return p.parse_args(argv)
 
 

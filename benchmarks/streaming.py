@@ -134,12 +134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-len", type=int, default=8, help="shortest proposer answer (tokens)")
     p.add_argument("--max-len", type=int, default=192, help="longest proposer answer (tokens)")
     p.add_argument("--aggregator-tokens", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--questions", type=Path, default=harness.DEFAULT_QUESTIONS)
+    harness.add_run_args(p, max_tokens=None)
     p.add_argument("--order", default="barrier,streaming", help="schedules in run order")
     p.add_argument("--prefix-caching", action="store_true")
-    p.add_argument("-o", "--override", action="append", default=[], help="Hydra override")
-    p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
 
 

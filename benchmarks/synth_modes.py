@@ -185,15 +185,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--backend", choices=["serve", "openai"], default="serve")
     p.add_argument("--rows", type=int, default=64, help="MT-Bench first turns (default 64)")
-    p.add_argument("--max-tokens", type=int, default=48, help="per call (default 48)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--questions", type=Path, default=harness.DEFAULT_QUESTIONS)
+    harness.add_run_args(p)
     p.add_argument("--modes", default=",".join(LABELS), help="comma-separated, in run order")
     p.add_argument("--original-procs", type=int, default=16, help="rows in parallel in (d)")
     p.add_argument("--prefix-caching", action="store_true", help="leave vLLM prefix caching on")
     p.add_argument("--skip-pass-through", action="store_true", help="skip the no-model pipeline")
-    p.add_argument("-o", "--override", action="append", default=[], help="Hydra override")
-    p.add_argument("--out", type=Path, default=None, help="result file (default results/)")
     return p.parse_args(argv)
 
 
