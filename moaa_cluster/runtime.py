@@ -101,10 +101,11 @@ def _no_usage_stats_server(skip: bool) -> Iterator[None]:
 def orphaned_engines() -> list:
     """This user's vLLM engine processes whose Ray worker is gone (re-parented to init).
 
-    A driver killed with SIGKILL takes its local Ray down, but the ``VLLM::EngineCore``
-    processes the engine replicas spawned are in their own process groups and survive,
-    holding their memory. Only processes already orphaned match: a live run's engines
-    have their replica as parent.
+    A driver killed with SIGKILL takes its local Ray down; the ``VLLM::*`` processes the
+    engine replicas spawned are in their own process groups, are re-parented to init, and
+    normally exit on their own some seconds later (measured here: gone within ~12 s). One
+    that hangs instead keeps its memory; the next run kills it. Only processes already
+    orphaned match: a live run's engines have their replica as parent.
     """
     import psutil
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.faults.realstack import assert_rerun_reaped, orphaned_engines, shard_rows
+from tests.faults.realstack import orphaned_engines, shard_rows, watch_orphans
 
 
 def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_dir: Path):
@@ -46,15 +46,17 @@ def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(3)
-    orphans = orphaned_engines(started)
-    print(f"orphaned engine processes after kill -9: {orphans}")
+    orphans, gone_after = watch_orphans(started)
+    print(f"engine processes orphaned by kill -9: {orphans}; all gone after {gone_after} s")
+    assert gone_after is not None, f"orphaned engine processes did not exit: {orphans}"
     before = shard_rows(run_dir)
     assert 2 * 4 <= len(before) < 24  # killed mid-run, with finished blocks on disk
     assert not (run_dir / "sft.parquet").exists()
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert_rerun_reaped(orphans, started, again.stdout + again.stderr)
+    left = orphaned_engines(started, kill=True)
+    assert not left, f"engine processes left behind after the rerun: {left}"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["counts"]["rows_resumed"] == len(before)
     assert manifest["counts"]["rows_ok"] == 24
