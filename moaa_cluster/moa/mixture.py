@@ -161,6 +161,26 @@ async def run_step(
     }
 
 
+async def run_steps(
+    mixture: Mixture,
+    steps: list[Step],
+    state: dict,
+    backends: dict,
+    defaults: dict | None = None,
+    seed: int | None = None,
+    record_prompts: bool = False,
+) -> list[tuple[str, dict]]:
+    """The independent ``steps`` (seats of one layer) on ``state``, called concurrently."""
+    import asyncio
+
+    return await asyncio.gather(
+        *(
+            run_step(mixture, s, state, backends[s.agent.model], defaults, seed, record_prompts)
+            for s in steps
+        )
+    )
+
+
 async def run_row(
     mixture: Mixture,
     row: dict,
@@ -177,26 +197,13 @@ async def run_row(
     Returns:
         The row's answer columns and one provenance record per model call, in step order.
     """
-    import asyncio
-
     state = dict(row)
     calls: list[dict] = []
     for turn in range(len(row["turns"])):
         for layer_idx, layer in enumerate(mixture.layers):
             steps = [Step(turn, layer_idx, i, agent) for i, agent in enumerate(layer)]
-            results = await asyncio.gather(
-                *(
-                    run_step(
-                        mixture,
-                        s,
-                        state,
-                        backends[s.agent.model],
-                        defaults,
-                        seed,
-                        record_prompts,
-                    )
-                    for s in steps
-                )
+            results = await run_steps(
+                mixture, steps, state, backends, defaults, seed, record_prompts
             )
             for step, (text, record) in zip(steps, results, strict=True):
                 state[step.column] = text

@@ -15,7 +15,6 @@ same answers whichever way the run is split.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from moaa_cluster.engines.spec import ConfigError, ModelSpec
-from moaa_cluster.moa.mixture import Mixture, Step, conversation, run_step
+from moaa_cluster.moa.mixture import Mixture, Step, conversation, run_steps
 from moaa_cluster.pipeline.stage import RowWorker, consolidate, stream_rows, write_shard
 
 log = logging.getLogger(__name__)
@@ -115,15 +114,11 @@ def plan_passes(mixture: Mixture, fits, execution: str, max_turns: int) -> list[
 
 
 def planner_fits(specs: dict[str, ModelSpec], cluster: dict):
-    """``fits(keys)`` backed by the placement planner and the cluster's inventory."""
-    from moaa_cluster.engines import planner
-
-    inventory = planner.inventory_from_cluster(cluster)
+    """``fits(keys)``: the pre-flight check (``runtime.preflight``) on those models' engines."""
+    from moaa_cluster import runtime
 
     def fits(keys) -> None:
-        chosen = {k: specs[k] for k in keys if specs[k].backend == "vllm"}
-        if chosen:
-            planner.check_fits(chosen, inventory)
+        runtime.preflight(cluster, [specs[k] for k in keys])
 
     return fits
 
@@ -167,19 +162,8 @@ class PassWorker(RowWorker):
         p, s = self.step, self.settings
         state = {**{k: v for k, v in row.items() if k != "state"}, **json.loads(row["state"])}
         steps = [Step(p.turn, p.layer, i, self.mixture.layers[p.layer][i]) for i in p.seats]
-        results = await asyncio.gather(
-            *(
-                run_step(
-                    self.mixture,
-                    st,
-                    state,
-                    self.backends[st.agent.model],
-                    s.defaults,
-                    s.seed,
-                    s.record_prompts,
-                )
-                for st in steps
-            )
+        results = await run_steps(
+            self.mixture, steps, state, self.backends, s.defaults, s.seed, s.record_prompts
         )
         out["state"] = json.dumps(
             {st.column: text for st, (text, _) in zip(steps, results, strict=True)}
@@ -218,7 +202,8 @@ def run_layered(
     for i, p in enumerate(passes, start=1):
         pass_dir = Path(run_dir) / "passes" / p.name
         todo = [r for r in rows if r["id"] not in failed and p.turn < len(r["turns"])]
-        done_before = {r["id"] for r in consolidate(pass_dir)[0]}
+        ok, bad = consolidate(pass_dir)
+        done_before = {r["id"] for r in ok}
         remaining = [r for r in todo if r["id"] not in done_before]
         print(
             f"pass {i}/{len(passes)}: {p.label}: {len(remaining)} rows to run, "
@@ -250,7 +235,7 @@ def run_layered(
                 progress=progress,
                 rows_per_block=settings.rows_per_block,
             )
-        ok, bad = consolidate(pass_dir)
+            ok, bad = consolidate(pass_dir)
         wanted = {r["id"] for r in todo}
         for r in ok:
             if r["id"] in wanted:

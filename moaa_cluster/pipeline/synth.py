@@ -353,10 +353,11 @@ def synthesize(
             settings.execution,
             max(len(r["turns"]) for r in todo),
         )
-    if todo and passes is None:
-        with runtime.engines(
-            cluster, list(specs.values()), keep=keep_engines, timings=timings, report=ray_report
-        ):
+    if todo and passes is None:  # (plan_passes ran the pre-flight check on all engines)
+        with runtime.hosting(
+            cluster, keep=keep_engines, timings=timings, report=ray_report
+        ) as host:
+            host.use(list(specs.values()))
             t0 = time.monotonic()
             try:
                 run_rows(todo, mixture, specs, settings, run_dir, progress=progress)
