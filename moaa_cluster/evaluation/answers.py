@@ -19,20 +19,24 @@ Baseline answer files (JSONL, JSON or Parquet) may hold, per record:
 A baseline answer is found by question id, or by the question's first user turn when the
 answer record has no id. When an answer record also carries its question's text and that
 text differs from the question, the pair is refused: the ids collide across two sets.
+
+Answer files are read by :mod:`moaa_cluster.data.records`; a record that cannot be read or
+used is a reject with its reason, never a failed evaluation.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from moaa_cluster.data.records import Reject, describe, read_records
 from moaa_cluster.pipeline.io import Source
 
 ID_KEYS = ("question_id", "uid", "source_id", "prompt_id", "id")
 
 
-class BadAnswer(ValueError):
+class BadAnswer(Reject):
     """A baseline record that cannot be used, with the reason."""
 
 
@@ -112,9 +116,21 @@ def parse_answer_record(rec: object, where: str) -> BaselineAnswer:
         if not isinstance(cands, list) or not cands:
             raise BadAnswer("'candidates' must be a non-empty list")
         prompt = rec.get("prompt") or []
-        earlier = [m["content"] for m in prompt if m.get("role") == "assistant"]
+        if not isinstance(prompt, list) or not all(
+            isinstance(m, dict) and "role" in m for m in prompt
+        ):
+            raise BadAnswer("'prompt' must be a list of {role, content}")
+        earlier = [
+            _content(m.get("content"), f"prompt[{i}].content")
+            for i, m in enumerate(prompt)
+            if m["role"] == "assistant"
+        ]
         answers = [*earlier, _content(cands[0], "candidates[0]")]
-        users = [m["content"] for m in prompt if m.get("role") == "user"]
+        users = [
+            _content(m.get("content"), f"prompt[{i}].content")
+            for i, m in enumerate(prompt)
+            if m["role"] == "user"
+        ]
         question = users[0] if users else None
     elif rec.get("messages") is not None:
         messages = rec["messages"]
@@ -152,26 +168,9 @@ def parse_answer_record(rec: object, where: str) -> BaselineAnswer:
     )
 
 
-def _records(path: Path):
-    """``(where, record or BadAnswer)`` for every record of a JSONL / JSON / Parquet file."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for i, rec in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path.name}[{i}]", rec
-    elif path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        for i, rec in enumerate(data if isinstance(data, list) else [data]):
-            yield f"{path.name}[{i}]", rec
-    else:
-        with open(path, encoding="utf-8", errors="strict") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path.name}:{lineno}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"{path.name}:{lineno}", BadAnswer(f"malformed JSON: {exc.msg}")
+def _records(path: Path) -> Iterator[tuple[str, object]]:
+    """``(where, record or Reject)`` for every record of a JSONL / JSON / Parquet file."""
+    return read_records(path)
 
 
 @dataclass
@@ -230,11 +229,12 @@ def load_baseline(paths: str | Path | list) -> tuple[BaselineIndex, list[dict]]:
         files.append(str(path))
         for where, rec in _records(path):
             try:
-                if isinstance(rec, BadAnswer):
+                if isinstance(rec, Reject):
                     raise rec
                 ans = parse_answer_record(rec, where)
-            except BadAnswer as exc:
-                rejects.append({"where": where, "stage": "baseline", "reason": str(exc)})
+            except Exception as exc:  # a record can fail only itself
+                reason = str(exc) if isinstance(exc, Reject) else describe(exc)
+                rejects.append({"where": where, "stage": "baseline", "reason": reason})
                 continue
             if ans.question_id is not None:
                 prev = by_id.get(ans.question_id)

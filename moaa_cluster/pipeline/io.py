@@ -3,6 +3,10 @@
 Inputs are read on the driver: a malformed line must become a ``rejects`` entry with its line
 number, not a failed read task, and duplicate detection needs the whole input anyway. The
 instruction sets this method uses (tens of thousands of prompts) fit easily in memory.
+
+Files are read by :mod:`moaa_cluster.data.records` (formats, byte-order marks, the rule for
+text UTF-8 cannot encode); a record can fail only itself: whatever goes wrong while reading,
+adapting or hashing it becomes its reject, never a failed run.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from moaa_cluster.pipeline.adapters import Reject, stable_id, to_conversation
+from moaa_cluster.data.records import Reject, dataset_records, describe, read_records
+from moaa_cluster.pipeline.adapters import stable_id, to_conversation
 
 _DATA = Path(__file__).resolve().parent.parent / "data"
 # demo: 40 conversations we wrote (32 single-turn, 8 two-turn); heldout: 12 other single-turn
@@ -45,23 +50,6 @@ class Source:
     sample_seed: int | None = None
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            where = f"{path.name}:{lineno}"
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield where, Reject(f"invalid UTF-8 at byte {exc.start}")
-                continue
-            try:
-                yield where, json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield where, Reject(f"malformed JSON: {exc.msg} (column {exc.colno})")
-
-
 def _hub_enabled() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False")
 
@@ -89,31 +77,12 @@ def _records(src: Source) -> Iterator[tuple[str, object]]:
                 else ""
             )
             raise FileNotFoundError(f"source {src.name}: {path} does not exist{hint}")
-        if path.is_dir():
-            import datasets
-
-            ds = datasets.load_from_disk(str(path))
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds[src.split]
-            for i, rec in enumerate(ds):
-                yield f"{path.name}[{i}]", rec
-        elif path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            for i, rec in enumerate(pq.read_table(path).to_pylist()):
-                yield f"{path.name}[{i}]", rec
-        elif path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            for i, rec in enumerate(data if isinstance(data, list) else [data]):
-                yield f"{path.name}[{i}]", rec
-        else:
-            yield from _jsonl_records(path)
+        yield from read_records(path, src.split)
     elif src.hub_id:
         import datasets
 
         ds = datasets.load_dataset(src.hub_id, src.subset, split=src.split)
-        for i, rec in enumerate(ds):
-            yield f"{src.hub_id}[{i}]", rec
+        yield from dataset_records(ds, src.hub_id)
     else:
         raise ValueError(f"source {src.name}: set path or hub_id")
 
@@ -121,9 +90,15 @@ def _records(src: Source) -> Iterator[tuple[str, object]]:
 def load_rows(sources: list[Source], limit: int | None = None) -> tuple[list[dict], list[dict]]:
     """Reads, samples, validates and ids every source; keeps at most ``limit`` rows in all.
 
+    Every record of the (sampled) sources ends as exactly one row or one reject, except
+    that valid records beyond ``limit`` are dropped: they are still read, validated and
+    counted for duplicates, so the rejects do not depend on ``limit`` and the rows are the
+    first ``limit`` rows of the unlimited read.
+
     Returns:
-        ``(rows, rejects)``. A row has ``id, source, source_id, system, turns``; a reject
-        has ``source, where, reason`` and the raw record when it could be parsed.
+        ``(rows, rejects)``. A row has ``id, source, source_id, system, turns, answers``; a
+        reject has ``source, where, stage, reason`` and the raw ``record`` when it could be
+        parsed (``None`` otherwise).
     """
     rows: list[dict] = []
     rejects: list[dict] = []
@@ -146,14 +121,15 @@ def load_rows(sources: list[Source], limit: int | None = None) -> tuple[list[dic
                 row_id = stable_id(src.name, conv)
                 if row_id in seen:
                     raise Reject(f"duplicate of {seen[row_id]} (same source and content)")
-            except Reject as exc:
+            except Exception as exc:  # a record can fail only itself
                 rejects.append(
                     {
                         "source": src.name,
                         "where": where,
                         "stage": "input",
-                        "reason": str(exc),
-                        "record": None if isinstance(rec, Reject) else _jsonable(rec),
+                        "reason": str(exc) if isinstance(exc, Reject) else describe(exc),
+                        # the raw record when it was parsed (None for a line that was not)
+                        "record": _jsonable(rec.record if isinstance(rec, Reject) else rec),
                     }
                 )
                 continue
@@ -174,19 +150,36 @@ def load_rows(sources: list[Source], limit: int | None = None) -> tuple[list[dic
 
 
 def _jsonable(rec: object) -> object:
+    """``rec`` if JSON can hold it, else its ``repr`` (a rejected record is kept for reading)."""
     try:
         json.dumps(rec)
         return rec
-    except TypeError:
-        return repr(rec)
+    except Exception:  # TypeError for bytes and the like, RecursionError, ...
+        try:
+            return repr(rec)
+        except Exception as exc:
+            return f"<{type(rec).__name__} record that cannot be shown: {describe(exc)}>"
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
     """Appends ``records``; the file exists afterwards even when there are none (a run's
-    summary names its ``rejects.jsonl`` whether or not anything was rejected)."""
+    summary names its ``rejects.jsonl`` whether or not anything was rejected).
+
+    Text is written as UTF-8. A record holding a lone surrogate (a rejected input keeps its
+    raw record) is written with ``\\uXXXX`` escapes instead, which reads back to the same
+    strings.
+    """
     with open(path, "a", encoding="utf-8") as fh:
         for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            try:
+                line = json.dumps(rec, ensure_ascii=False, default=str)
+            except Exception:  # a value JSON cannot encode (nested too deep, ...): its repr
+                rec = {k: _jsonable(v) for k, v in rec.items()}
+                line = json.dumps(rec, ensure_ascii=False)
+            try:
+                fh.write(line + "\n")
+            except UnicodeEncodeError:  # raised before anything is written
+                fh.write(json.dumps(rec, default=str) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:

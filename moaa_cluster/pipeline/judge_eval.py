@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from moaa_cluster.data.records import Reject, describe, read_records
 from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
 from moaa_cluster.pipeline.stage import (
     RowWorker,
@@ -30,11 +31,13 @@ from moaa_cluster.pipeline.synth import MESSAGE, save_json
 _HH_TURN = re.compile(r"\n\nHuman: |\n\nAssistant: ")
 
 
-class BadPair(ValueError):
+class BadPair(Reject):
     pass
 
 
-def _hh_messages(text: str) -> list[dict]:
+def _hh_messages(text: object, what: str = "dialogue") -> list[dict]:
+    if not isinstance(text, str):
+        raise BadPair(f"{what} must be an HH-RLHF dialogue string, got {type(text).__name__}")
     parts = _HH_TURN.split(text)
     roles = re.findall(r"\n\n(Human|Assistant): ", text)
     if parts[0].strip() or not roles:
@@ -50,23 +53,37 @@ def _as_messages(value: object, what: str) -> list[dict]:
         if not value.strip():
             raise BadPair(f"{what} is empty")
         return [{"role": "user", "content": value}]
-    if isinstance(value, list) and all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in value
+    # the prompt goes to the judges as chat messages (and into a Parquet column of strings)
+    if (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict)
+            and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
     ):
         return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise BadPair(f"{what} must be a string or a list of {{role, content}}")
+    raise BadPair(f"{what} must be a string or a list of {{role, content}} with text content")
 
 
 def _answer(value: object, what: str) -> str:
     if isinstance(value, str) and value.strip():
         return value
     if isinstance(value, list) and value and isinstance(value[-1], dict):
-        return str(value[-1].get("content", ""))
+        content = value[-1].get("content")
+        if isinstance(content, str) and content.strip():
+            return content
     raise BadPair(f"{what} must be a non-empty string or message list")
 
 
 def to_labeled_pair(rec: object) -> dict:
-    """``{prompt: messages, chosen: str, rejected: str}`` from a generic or HH-RLHF record."""
+    """``{prompt: messages, chosen: str, rejected: str}`` from a generic or HH-RLHF record.
+
+    Raises:
+        BadPair: The record is neither shape, or a text is empty.
+    """
     if not isinstance(rec, dict) or "chosen" not in rec or "rejected" not in rec:
         raise BadPair("record needs 'chosen' and 'rejected'")
     if "prompt" in rec:
@@ -75,7 +92,8 @@ def to_labeled_pair(rec: object) -> dict:
             "chosen": _answer(rec["chosen"], "'chosen'"),
             "rejected": _answer(rec["rejected"], "'rejected'"),
         }
-    chosen, rejected = _hh_messages(str(rec["chosen"])), _hh_messages(str(rec["rejected"]))
+    chosen = _hh_messages(rec["chosen"], "'chosen'")
+    rejected = _hh_messages(rec["rejected"], "'rejected'")
     if (
         chosen[:-1] != rejected[:-1]
         or chosen[-1]["role"] != "assistant"
@@ -86,6 +104,8 @@ def to_labeled_pair(rec: object) -> dict:
         )
     if not chosen[-1]["content"] or not rejected[-1]["content"]:
         raise BadPair("an empty final assistant answer")
+    if not chosen[:-1]:
+        raise BadPair("no dialogue before the answers")
     return {
         "prompt": chosen[:-1],
         "chosen": chosen[-1]["content"],
@@ -94,27 +114,29 @@ def to_labeled_pair(rec: object) -> dict:
 
 
 def load_pairs(path: Path, limit: int | None = None) -> tuple[list[dict], list[dict]]:
-    """Reads labeled pairs (``.jsonl`` or ``.jsonl.gz``); returns ``(pairs, rejects)``."""
-    import gzip
+    """Reads labeled pairs; returns ``(pairs, rejects)``.
+
+    Any file :func:`moaa_cluster.data.records.read_records` reads (``.jsonl``, ``.jsonl.gz``,
+    ``.json``, Parquet). Every record read before ``limit`` pairs are reached ends as exactly
+    one pair or one reject ``{where, stage, reason}``; a record can fail only itself.
+    """
     import hashlib
 
-    opener = gzip.open if str(path).endswith(".gz") else open
     pairs, rejects = [], []
-    with opener(path, "rt", encoding="utf-8", errors="strict") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if limit is not None and len(pairs) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                pair = to_labeled_pair(json.loads(line))
-            except (BadPair, json.JSONDecodeError) as exc:
-                rejects.append(
-                    {"where": f"{Path(path).name}:{lineno}", "stage": "input", "reason": str(exc)}
-                )
-                continue
+    for where, rec in read_records(Path(path)):
+        if limit is not None and len(pairs) >= limit:
+            break
+        try:
+            if isinstance(rec, Reject):
+                raise rec
+            pair = to_labeled_pair(rec)
+            # the id as before: a resumed run finds the pairs it already judged
             pair["id"] = hashlib.sha256(json.dumps(pair, sort_keys=True).encode()).hexdigest()[:20]
-            pairs.append(pair)
+        except Exception as exc:  # a record can fail only itself
+            reason = str(exc) if isinstance(exc, Reject) else describe(exc)
+            rejects.append({"where": where, "stage": "input", "reason": reason})
+            continue
+        pairs.append(pair)
     return pairs, rejects
 
 

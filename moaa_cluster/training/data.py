@@ -3,16 +3,18 @@
 The driver validates once and writes ``train_data.parquet`` into the run directory; the Ray
 Train workers read that file (on a multi-node cluster the run directory must be on shared
 storage, as Ray Train's ``storage_path`` must be). Rows that cannot train go to
-``rejects.jsonl`` with the reason; nothing is dropped silently.
+``rejects.jsonl`` with the reason; nothing is dropped silently. Files are read by
+:mod:`moaa_cluster.data.records`: a malformed line, invalid UTF-8 or text UTF-8 cannot encode
+rejects its record only, never the training run.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
 
+from moaa_cluster.data.records import Reject, UnreadableFile, describe, read_records
 from moaa_cluster.engines.spec import ConfigError
 
 # the file a stage run directory hands to the next stage
@@ -36,35 +38,29 @@ def resolve_path(kind: str, path: str | Path) -> Path:
     return p
 
 
-def _read(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix in (".jsonl", ".json") or path.name.endswith(".jsonl.gz"):
-        import gzip
-
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            if path.suffix == ".json":
-                data = json.load(f)
-                return data if isinstance(data, list) else [data]
-            return [json.loads(line) for line in f if line.strip()]
-    raise ConfigError(f"{path}: training data must be .parquet, .jsonl(.gz) or .json")
+def _read(path: Path) -> list[tuple[str, object]]:
+    """``(where, record or Reject)`` for every record of a training data file."""
+    if path.suffix not in (".parquet", ".jsonl", ".json") and not path.name.endswith(".jsonl.gz"):
+        raise ConfigError(f"{path}: training data must be .parquet, .jsonl(.gz) or .json")
+    try:
+        return list(read_records(path))
+    except UnreadableFile as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _check_messages(value: object, what: str, *, last_assistant: bool) -> list[dict]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{what} must be a non-empty list of messages")
+        raise Reject(f"{what} must be a non-empty list of messages")
     out = []
     for m in value:
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ValueError(f"{what}: every message needs a role in {sorted(ROLES)}")
+        # isinstance first: a role that is a list or dict cannot be looked up in a set
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in ROLES:
+            raise Reject(f"{what}: every message needs a role in {sorted(ROLES)}")
         if not isinstance(m.get("content"), str) or not m["content"].strip():
-            raise ValueError(f"{what}: a {m['role']} message has empty content")
+            raise Reject(f"{what}: a {m['role']} message has empty content")
         out.append({"role": m["role"], "content": m["content"]})
     if last_assistant and out[-1]["role"] != "assistant":
-        raise ValueError(f"{what} must end with an assistant message")
+        raise Reject(f"{what} must end with an assistant message")
     return out
 
 
@@ -85,14 +81,19 @@ def _dpo_row(rec: dict) -> dict:
         "rejected": turn(rec.get("rejected"), "rejected", last_assistant=True),
     }
     if row["prompt"][-1]["role"] != "user":
-        raise ValueError("prompt must end with a user message")
+        raise Reject("prompt must end with a user message")
     if row["chosen"] == row["rejected"]:
-        raise ValueError("chosen and rejected are identical")
+        raise Reject("chosen and rejected are identical")
     return row
 
 
 def prepare(kind: str, path: str | Path, limit: int | None = None) -> tuple[list[dict], list[dict]]:
-    """Valid training rows and rejects (``{"index", "reason"}``) from ``path``.
+    """Valid training rows and rejects from ``path``.
+
+    Every record read before ``limit`` valid rows are reached ends as exactly one row or one
+    reject ``{"index", "where", "id", "reason"}``: ``index`` counts records (blank lines are
+    not records) from 0, ``where`` is the file's line or position. Only the file as a whole
+    can fail the run: missing, unreadable, or without any record of ``kind``'s columns.
 
     Args:
         kind: ``sft`` (TRL conversational ``messages``) or ``dpo`` (TRL preference
@@ -104,26 +105,33 @@ def prepare(kind: str, path: str | Path, limit: int | None = None) -> tuple[list
         raise ConfigError(f"unknown training kind {kind!r}; expected one of {sorted(COLUMNS)}")
     src = resolve_path(kind, path)
     records = _read(src)
-    missing = [c for c in COLUMNS[kind] if not records or c not in records[0]]
-    if records and missing:
+    objects = [rec for _, rec in records if isinstance(rec, dict)]
+    # the wrong kind of file (SFT data given to DPO) is a configuration error; a single record
+    # without the columns is only a reject
+    if objects and not any(all(c in rec for c in COLUMNS[kind]) for rec in objects):
+        missing = [c for c in COLUMNS[kind] if c not in objects[0]]
         raise ConfigError(
             f"{src}: {kind} data needs columns {list(COLUMNS[kind])}; missing {missing}"
         )
     make = _sft_row if kind == "sft" else _dpo_row
     rows, rejects = [], []
-    for i, rec in enumerate(records):
+    for i, (where, rec) in enumerate(records):
         if limit is not None and len(rows) >= limit:
             break
         try:
+            if isinstance(rec, Reject):
+                raise rec
             if not isinstance(rec, dict):
-                raise ValueError("record is not an object")
+                raise Reject("record is not an object")
             rows.append(make(rec))
-        except ValueError as exc:
+        except Exception as exc:  # a record can fail only itself
+            raw = rec.record if isinstance(rec, Reject) else rec  # parsed, if it was
             rejects.append(
                 {
                     "index": i,
-                    "id": (rec or {}).get("id") if isinstance(rec, dict) else None,
-                    "reason": str(exc),
+                    "where": where,
+                    "id": raw.get("id") if isinstance(raw, dict) else None,
+                    "reason": str(exc) if isinstance(exc, Reject) else describe(exc),
                 }
             )
     if not rows:

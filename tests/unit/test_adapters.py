@@ -282,6 +282,183 @@ def test_stable_id_changes_with_source_and_text():
     assert stable_id("demo", Conversation(turns=("q1", "q2"), system="s")) != ref
 
 
+@pytest.mark.parametrize(
+    "source, record, expected",
+    [
+        (
+            "mt",
+            {
+                "question_id": 81,
+                "turns": [
+                    "Compose a travel blog post.",
+                    "Rewrite it starting every sentence with A.",
+                ],
+            },
+            "83065bb5ef4c93161633",
+        ),
+        (
+            "uc",
+            {
+                "prompt_id": "p1",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "u1"},
+                    {"role": "assistant", "content": "a1"},
+                    {"role": "user", "content": "u2"},
+                ],
+            },
+            "9ec46d2feda6b08dcfc8",
+        ),
+        ("data", {"id": 7, "data": ["u1", "a1", "u2"]}, "515bddd1d4229e0e09f0"),
+        ("uf", {"instruction": "Do the thing.", "system": "sys"}, "ad7ad7196e9566aec16e"),
+        ("trl", {"prompt": [{"role": "user", "content": "hi"}]}, "03d7f5402639dbd5d28b"),
+        ("arena", {"uid": "x", "prompt": "café — 😀"}, "4a637e67380fc2c4e0ef"),
+    ],
+)
+def test_stable_id_is_pinned(source, record, expected):
+    """Ids computed before the new chat formats (issue #13): finished rows stay finished."""
+    assert stable_id(source, to_conversation(record)) == expected
+
+
+# -- OpenAI content-part lists ---------------------------------------------------------------
+
+
+def _parts(*texts):
+    return [{"type": "text", "text": t} for t in texts]
+
+
+def test_content_parts_in_user_system_and_assistant_messages():
+    conv = to_conversation(
+        {
+            "messages": [
+                {"role": "system", "content": _parts("Be", "brief.")},
+                {"role": "user", "content": _parts("line one", "line two")},
+                {"role": "assistant", "content": _parts("a1", "a1 more")},
+                {"role": "user", "content": "plain u2"},
+            ]
+        }
+    )
+    assert conv.system == "Be\nbrief."
+    assert conv.turns == ("line one\nline two", "plain u2")
+    assert conv.answers == ("a1\na1 more",)
+
+
+def test_content_parts_give_the_same_id_as_the_joined_string():
+    as_parts = to_conversation({"messages": [{"role": "user", "content": _parts("a", "b")}]})
+    as_text = to_conversation({"messages": [{"role": "user", "content": "a\nb"}]})
+    assert stable_id("s", as_parts) == stable_id("s", as_text)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x"}}],
+            "messages[0].content[1] is a 'image_url' part; only text parts are supported",
+        ),
+        ([{"type": "input_audio", "input_audio": {}}], "is a 'input_audio' part"),
+        ([], "messages[0].content is an empty list of content parts"),
+        (["bare string"], "messages[0].content[0] must be a content part {type, text}"),
+        ([{"text": "no type"}], "messages[0].content[0] must be a content part {type, text}"),
+        ([{"type": "text", "text": 3}], "messages[0].content[0].text must be a string, got int"),
+        ([{"type": "text", "text": " "}], "messages[0].content is empty"),
+    ],
+)
+def test_content_part_rejects(content, message):
+    with pytest.raises(Reject, match=re.escape(message)):
+        to_conversation({"messages": [{"role": "user", "content": content}]})
+
+
+def test_non_text_part_in_an_assistant_answer_rejects():
+    record = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+            {"role": "user", "content": "q2"},
+        ]
+    }
+    with pytest.raises(Reject, match="messages\\[1\\].content\\[0\\] is a 'refusal' part"):
+        to_conversation(record)
+
+
+# -- ShareGPT --------------------------------------------------------------------------------
+
+
+def test_sharegpt_from_value():
+    conv = to_conversation(
+        {
+            "id": "sg1",
+            "conversations": [
+                {"from": "system", "value": "sys"},
+                {"from": "human", "value": "u1"},
+                {"from": "gpt", "value": "a1"},
+                {"from": "Human", "value": "u2"},
+                {"from": "chatgpt", "value": "a2"},
+                {"from": "user", "value": "u3"},
+                {"from": "model", "value": "a3"},
+            ],
+        }
+    )
+    assert conv == Conversation(
+        turns=("u1", "u2", "u3"), system="sys", source_id="sg1", answers=("a1", "a2", "a3")
+    )
+
+
+def test_sharegpt_role_content_keys_and_parts():
+    conv = to_conversation(
+        {
+            "conversations": [
+                {"role": "user", "content": _parts("x", "y")},
+                {"role": "assistant", "content": "a"},
+            ],
+            "system": "from the field",
+        }
+    )
+    assert conv.turns == ("x\ny",) and conv.answers == ("a",)
+    assert conv.system == "from the field"
+
+
+def test_sharegpt_is_the_last_format_tried():
+    """A record that also holds an earlier field keeps the conversation (and id) it had."""
+    conv = to_conversation(
+        {"prompt": "the prompt", "conversations": [{"from": "human", "value": "other"}]}
+    )
+    assert conv.turns == ("the prompt",)
+
+
+@pytest.mark.parametrize(
+    "conversations, message",
+    [
+        ([], "'conversations' must be a non-empty list of {from, value}"),
+        ("text", "'conversations' must be a non-empty list of {from, value}"),
+        (
+            [{"from": "human"}],
+            "conversations[0] must be an object with 'from' and 'value' (or 'role' and 'content')",
+        ),
+        (
+            [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}],
+            "conversations[1] has unsupported role 'function_call'",
+        ),
+        ([{"from": "gpt", "value": "a"}], "conversation starts with an assistant turn"),
+        (
+            [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}],
+            "conversations[1] breaks user/assistant alternation (got user)",
+        ),
+        ([{"from": "human", "value": 5}], "conversations[0].content must be a string, got int"),
+        ([{"from": ["human"], "value": "q"}], "conversations[0] has unsupported role ['human']"),
+    ],
+)
+def test_sharegpt_rejects(conversations, message):
+    with pytest.raises(Reject, match=re.escape(message)):
+        to_conversation({"conversations": conversations})
+
+
+def test_reject_is_importable_from_adapters_and_records():
+    from moaa_cluster.data.records import Reject as SharedReject
+
+    assert Reject is SharedReject
+
+
 # -- built-in demo set ---------------------------------------------------------------------
 
 

@@ -115,6 +115,54 @@ def test_baseline_matching_by_id_text_and_turns(tmp_path):
     assert why["4"].startswith("no baseline answer for question id 4")
 
 
+def test_baseline_bad_records_are_rejects_not_crashes(tmp_path):
+    """Issue #13: each of these lines used to raise out of ``load_baseline``."""
+    path = tmp_path / "answers.jsonl"
+    path.write_bytes(
+        b'{"question_id": 1, "answer": "caf\xe9"}\n'  # 1: invalid UTF-8
+        + b"[" * 3000
+        + b"]" * 3000
+        + b"\n"  # 2: too deep for the parser
+        + b'{"question_id": '
+        + b"1" * 5000
+        + b', "answer": "a"}\n'  # 3: int too long
+        + b'{"source_id": 4, "candidates": ["c"], "prompt": "text"}\n'  # 4
+        + b'{"source_id": 5, "candidates": ["c"], "prompt": [{"role": "user"}]}\n'  # 5
+        + b'{"question_id": 6, "answer": "\\ud800"}\n'  # 6: lone surrogate
+        + b'\xef\xbb\xbf{"question_id": 7, "answer": "after a BOM"}\r\n'  # 7: fine
+    )
+    index, rejects = load_baseline(path)
+    assert list(index.by_id) == ["7"] and index.by_id["7"].answers == ("after a BOM",)
+    reasons = {r["where"]: r["reason"] for r in rejects}
+    assert set(reasons) == {f"answers.jsonl:{i}" for i in range(1, 7)}
+    assert reasons["answers.jsonl:1"] == "invalid UTF-8 at byte 33"
+    assert reasons["answers.jsonl:4"] == "'prompt' must be a list of {role, content}"
+    assert reasons["answers.jsonl:5"] == "prompt[0].content must be a string, got NoneType"
+    assert reasons["answers.jsonl:6"] == (
+        "unencodable text (lone surrogate U+D800) in answer at char 0"
+    )
+    assert "RecursionError" in reasons["answers.jsonl:2"]
+    assert "ValueError: Exceeds the limit" in reasons["answers.jsonl:3"]
+    assert all(r["stage"] == "baseline" for r in rejects)
+
+
+def test_baseline_unexpected_error_rejects_only_its_record(tmp_path, monkeypatch):
+    import moaa_cluster.evaluation.answers as answers_mod
+
+    real = answers_mod.parse_answer_record
+
+    def flaky(rec, where):
+        if rec.get("id") == "boom":
+            raise AttributeError("bug")
+        return real(rec, where)
+
+    monkeypatch.setattr(answers_mod, "parse_answer_record", flaky)
+    path = _jsonl(tmp_path / "a.jsonl", [{"id": "boom", "answer": "x"}, {"id": "2", "answer": "y"}])
+    index, rejects = load_baseline(path)
+    assert list(index.by_id) == ["2"]
+    assert rejects == [{"where": "a.jsonl:1", "stage": "baseline", "reason": "AttributeError: bug"}]
+
+
 def test_question_sources_are_named_by_folder(tmp_path):
     srcs = question_sources([tmp_path / "a" / "question.jsonl", tmp_path / "b" / "question.jsonl"])
     assert [s.name for s in srcs] == ["a/question", "b/question"]

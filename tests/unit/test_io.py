@@ -90,6 +90,147 @@ def test_ids_are_stable_across_reads(tmp_path):
     assert len({r["id"] for r in a}) == 5
 
 
+# --------------------------------------------------------------------------- issue #13: no crash
+
+
+def test_lone_surrogate_is_a_reject_not_a_crash(tmp_path):
+    path = tmp_path / "in.jsonl"
+    # the JSON escape of a lone surrogate: valid JSON, text no UTF-8 writer can encode
+    path.write_bytes(b'{"turns": ["a\\ud800b"]}\n{"instruction": "fine"}\n')
+    rows, rejects = load_rows([Source(name="s", path=str(path))])
+    assert _texts(rows) == ["fine"]
+    assert [r["where"] for r in rejects] == ["in.jsonl:1"]
+    assert rejects[0]["reason"] == "unencodable text (lone surrogate U+D800) in turns[0] at char 1"
+    assert rejects[0]["record"] == {"turns": ["a\ud800b"]}, "the raw record is kept"
+    out = tmp_path / "rejects.jsonl"
+    append_jsonl(out, rejects)
+    assert read_jsonl(out) == rejects, "written with an escape, read back the same"
+    out.read_bytes().decode("utf-8")  # the file is valid UTF-8
+
+
+def test_byte_order_marks_and_crlf(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"instruction": "after a file BOM"}\r\n'
+        b'{"instruction": "crlf"}\r\n'
+        b'\xef\xbb\xbf{"instruction": "after a line BOM (cat of two files)"}\n'
+        b"\xef\xbb\xbf\r\n"  # a BOM on a blank line: still blank
+        b'{"instruction": "last line without newline"}'
+    )
+    rows, rejects = load_rows([Source(name="s", path=str(path))])
+    assert rejects == []
+    assert _texts(rows) == [
+        "after a file BOM",
+        "crlf",
+        "after a line BOM (cat of two files)",
+        "last line without newline",
+    ]
+
+
+def test_chat_formats_through_load_rows(tmp_path):
+    path = _write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "parts"}]}]},
+            {
+                "conversations": [
+                    {"from": "human", "value": "sharegpt"},
+                    {"from": "gpt", "value": "a"},
+                ]
+            },
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        ],
+    )
+    rows, rejects = load_rows([Source(name="s", path=str(path))])
+    assert _texts(rows) == ["parts", "sharegpt"]
+    assert rows[1]["answers"] == ["a"]
+    assert [r["where"] for r in rejects] == ["in.jsonl:3"]
+    assert "'image_url' part" in rejects[0]["reason"]
+
+
+def test_lines_the_parser_cannot_take_are_rejects(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b"[" * 5000 + b"]" * 5000 + b"\n"  # json.loads: RecursionError
+        b'{"turns": ["q"], "n": ' + b"9" * 5000 + b"}\n"  # int of more than 4300 digits
+        b'{"turns": ["q"], "deep": ' + b"[" * 150 + b"]" * 150 + b"}\n"
+        b"null\n"  # a record, not a blank line
+        b'{"instruction": "ok"}\n'
+    )
+    rows, rejects = load_rows([Source(name="s", path=str(path))])
+    assert _texts(rows) == ["ok"]
+    reasons = {r["where"]: r["reason"] for r in rejects}
+    assert "nested too deeply to parse (RecursionError" in reasons["in.jsonl:1"]
+    assert "ValueError: Exceeds the limit" in reasons["in.jsonl:2"]
+    assert "nests more than 100 levels deep" in reasons["in.jsonl:3"]
+    assert "got NoneType" in reasons["in.jsonl:4"]
+    append_jsonl(tmp_path / "rejects.jsonl", rejects)
+    assert len(read_jsonl(tmp_path / "rejects.jsonl")) == 4
+
+
+def test_an_unexpected_error_rejects_only_its_record(tmp_path, monkeypatch):
+    import moaa_cluster.pipeline.io as io_mod
+
+    real = io_mod.to_conversation
+
+    def flaky(record):
+        if record.get("instruction") == "boom":
+            raise RuntimeError("adapter bug")
+        return real(record)
+
+    monkeypatch.setattr(io_mod, "to_conversation", flaky)
+    path = _write_jsonl(tmp_path / "in.jsonl", [{"instruction": "boom"}, {"instruction": "ok"}])
+    rows, rejects = load_rows([Source(name="s", path=str(path))])
+    assert _texts(rows) == ["ok"]
+    assert rejects[0]["reason"] == "RuntimeError: adapter bug"
+    assert rejects[0]["record"] == {"instruction": "boom"}
+
+
+def test_json_file_with_bom_malformed_or_holding_lines(tmp_path):
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"instruction": "x"}]).encode())
+    assert _texts(load_rows([Source(name="a", path=str(bom))])[0]) == ["x"]
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"instruction": "x"}, {"instr', encoding="utf-8")
+    rows, rejects = load_rows([Source(name="b", path=str(broken))])
+    assert rows == [] and [r["where"] for r in rejects] == ["broken.json"]
+    assert rejects[0]["reason"].startswith("malformed JSON:")
+    assert "line 1 column" in rejects[0]["reason"]
+
+    lines = tmp_path / "lines.json"  # JSON Lines named .json
+    lines.write_text('{"instruction": "a"}\n{"instruction": "b"}\n', encoding="utf-8")
+    rows, rejects = load_rows([Source(name="c", path=str(lines))])
+    assert _texts(rows) == ["a", "b"] and rejects == []
+
+    not_utf8 = tmp_path / "latin1.json"
+    not_utf8.write_bytes(b'[{"instruction": "caf\xe9"}]')
+    rows, rejects = load_rows([Source(name="d", path=str(not_utf8))])
+    assert rows == [] and rejects[0]["reason"] == "invalid UTF-8 at byte 21"
+
+
+def test_unreadable_parquet_names_the_file(tmp_path):
+    from moaa_cluster.data.records import UnreadableFile
+
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 but not really")
+    with pytest.raises(UnreadableFile, match="broken.parquet"):
+        load_rows([Source(name="p", path=str(path))])
+
+
+def test_limit_counts_rows_and_keeps_every_reject(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b'{"instruction": "a"}\n{"bad\n{"instruction": "b"}\n{"instruction": "a"}\n'
+        b'{"instruction": "c"}\n'
+    )
+    rows, rejects = load_rows([Source(name="s", path=str(path))])
+    rows_1, rejects_1 = load_rows([Source(name="s", path=str(path))], limit=1)
+    assert _texts(rows) == ["a", "b", "c"] and len(rejects) == 2
+    assert rows_1 == rows[:1], "rows past the limit are dropped"
+    assert rejects_1 == rejects, "rejects do not depend on the limit (duplicates included)"
+
+
 # --------------------------------------------------------------------------- limit / sampling
 
 
@@ -253,3 +394,17 @@ def test_append_and_read_jsonl_round_trip(tmp_path):
     append_jsonl(path, [{"id": "3"}])
     assert read_jsonl(path) == first + [{"id": "3"}]
     assert "héllo ✓" in path.read_text(encoding="utf-8"), "written as UTF-8, not escaped"
+
+
+def test_append_jsonl_writes_what_utf8_cannot_and_what_json_cannot(tmp_path):
+    path = tmp_path / "rejects.jsonl"
+    odd = [
+        {"id": "1", "record": {"k\udfff": "v\ud800"}},  # lone surrogates, in a key too
+        {"id": "2", "record": b"bytes"},  # default=str
+        {"id": "3", "record": "ünïcode"},
+    ]
+    append_jsonl(path, odd)
+    back = read_jsonl(path)
+    assert back[0] == odd[0] and back[1]["record"] == "b'bytes'" and back[2] == odd[2]
+    text = path.read_bytes().decode("utf-8")
+    assert "\\ud800" in text.splitlines()[0] and "ünïcode" in text.splitlines()[2]
