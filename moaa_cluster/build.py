@@ -38,10 +38,16 @@ def mixture(mixture_cfg) -> tuple[Mixture, dict[str, ModelSpec], dict]:
                     f"mixture layer {i + 1}: model {seat.get('model')!r} is not among the "
                     f"mixture's models {sorted(specs)}"
                 )
-            unknown = set(seat) - {"model", "sampling"}
+            unknown = set(seat) - {"model", "sampling", "solo"}
             if unknown:
                 raise ConfigError(f"mixture layer {i + 1}: unknown seat keys {sorted(unknown)}")
-            seats.append(Agent(model=seat["model"], sampling=dict(seat.get("sampling") or {})))
+            seats.append(
+                Agent(
+                    model=seat["model"],
+                    sampling=dict(seat.get("sampling") or {}),
+                    solo=bool(seat.get("solo", False)),
+                )
+            )
         layers.append(tuple(seats))
     try:
         mix = Mixture(layers=tuple(layers))
@@ -112,6 +118,7 @@ def prefs_settings(cfg):
         seed=cfg.seed,
         batch_size=max(1, int(cfg.cluster.batch_size) // 2),
         workers=int(cfg.cluster.workers),
+        truncated=str(cfg.get("truncated", "exclude_from_chosen")),
     )
 
 
@@ -185,7 +192,7 @@ def pipeline(cfg):
     """All stages' objects for ``moaa pipeline`` (``conf/pipeline.yaml``)."""
     from omegaconf import OmegaConf
 
-    from moaa_cluster.pipeline.end_to_end import PipelineParts
+    from moaa_cluster.pipeline.end_to_end import STAGES, PipelineParts, check_stages
 
     mix, synth_specs, defaults = mixture(cfg.mixture)
     judge_spec, judge_specs = judge(cfg.judge)
@@ -225,4 +232,5 @@ def pipeline(cfg):
         eval_sources=sources(cfg.eval_data),
         eval_settings=eval_settings(eval_view),
         eval_limit=limit(cfg.eval.limit, cfg.eval_data),
+        stages=check_stages(tuple(cfg.get("stages") or STAGES)),
     )

@@ -40,7 +40,8 @@ def _hydra_task(task: str, config_name: str, argv: list[str], fn) -> int:
 
 
 def _guarded(task: str, fn):
-    """Config problems end the task with one line on stderr, not a traceback."""
+    """Config problems end the task with one line on stderr, not a traceback; so does a run
+    that produced nothing (every row rejected or failed)."""
 
     def run(cfg) -> None:
         from moaa_cluster.engines.spec import ConfigError
@@ -48,12 +49,87 @@ def _guarded(task: str, fn):
 
         try:
             use_point_dir(cfg)  # in a sweep, each point writes its own run directory
+            if cfg.get("rehearsal"):
+                cfg = _rehearsal(cfg)
             fn(cfg)
         except (ConfigError, FileNotFoundError) as exc:
             print(f"moaa {task}: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
+        why = nothing_produced(_read_manifest(cfg))
+        if why:
+            print(f"moaa {task}: error: {why}", file=sys.stderr)
+            raise SystemExit(1)
 
     return run
+
+
+def _rehearsal(cfg):
+    """The config rewritten for a rehearsal (``moaa_cluster.rehearsal``)."""
+    from omegaconf import OmegaConf
+
+    from moaa_cluster.rehearsal import load_local_cluster, rehearse
+
+    out = rehearse(OmegaConf.to_container(cfg, resolve=True), load_local_cluster(CONF_DIR))
+    rec = out["rehearsal"]
+    log.info(
+        "rehearsal: %s answers for %d models (%s); output in %s",
+        rec["stand_in"]["name"],
+        len(rec["models"]),
+        ", ".join(sorted({m["name"] for m in rec["models"].values()})),
+        out.get("output_dir"),
+    )
+    for note in rec["notes"]:
+        log.warning("rehearsal: %s", note)
+    return OmegaConf.create(out)
+
+
+def _manifest_extra(cfg) -> dict:
+    """What every task's manifest records of its invocation: the resolved config and, for a
+    rehearsal, what stood in for what (also under ``config.rehearsal``)."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return {"config": config, "rehearsal": config.get("rehearsal") or None}
+
+
+def _read_manifest(cfg) -> dict | None:
+    import json
+
+    path = Path(str(cfg.get("output_dir") or "")) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# per task, the count that says a run produced something, and what it counts
+PRODUCED = {
+    "synth": ("rows_ok", "SFT rows"),
+    "sample": ("candidate_sets", "candidate sets"),
+    "prefs": ("pairs", "preference pairs"),
+    "eval": ("evaluated", "evaluated questions"),
+    "judge_eval": ("judged", "judged pairs"),
+}
+
+
+def nothing_produced(manifest: dict | None) -> str | None:
+    """One line saying why a finished run produced no row at all, or None when it did.
+
+    A run whose every row was rejected on input or failed in inference must not exit 0:
+    a pipeline or a batch script would go on with nothing.
+    """
+    if not manifest or manifest.get("task") not in PRODUCED:
+        return None
+    key, what = PRODUCED[manifest["task"]]
+    counts = manifest.get("counts") or {}
+    if counts.get(key, 1):
+        return None
+    rejected = counts.get("rejects_input", counts.get("rejects", 0))
+    return (
+        f"no {what} produced: {rejected} rows rejected on input, "
+        f"{counts.get('rows_failed', 0)} failed in inference (reasons in the run "
+        "directory's rejects.jsonl)"
+    )
 
 
 def _run_synth(cfg) -> None:
@@ -76,7 +152,7 @@ def _run_synth(cfg) -> None:
         limit=cfg.limit if cfg.limit is not None else cfg.dataset.get("limit"),
         progress=cfg.progress,
         keep_engines=cfg.keep_engines,
-        manifest_extra={"config": OmegaConf.to_container(cfg, resolve=True)},
+        manifest_extra=_manifest_extra(cfg),
     )
 
 
@@ -105,7 +181,7 @@ def _run_prefs(cfg, sample_only: bool = False) -> None:
         limit=cfg.limit if cfg.limit is not None else cfg.dataset.get("limit"),
         progress=cfg.progress,
         keep_engines=cfg.keep_engines,
-        manifest_extra={"config": OmegaConf.to_container(cfg, resolve=True)},
+        manifest_extra=_manifest_extra(cfg),
     )
 
 
@@ -132,7 +208,7 @@ def _run_judge_eval(cfg) -> None:
         workers=int(cfg.cluster.workers),
         progress=cfg.progress,
         keep_engines=cfg.keep_engines,
-        manifest_extra={"config": OmegaConf.to_container(cfg, resolve=True)},
+        manifest_extra=_manifest_extra(cfg),
     )
 
 
@@ -170,7 +246,7 @@ def _run_eval(cfg) -> None:
         limit=cfg.limit,
         progress=cfg.progress,
         keep_engines=cfg.keep_engines,
-        manifest_extra={"config": plain},
+        manifest_extra=_manifest_extra(cfg),
     )
 
 
@@ -207,7 +283,7 @@ def _run_train(cfg) -> None:
         build.train_scaling(cfg.cluster),
         overwrite=cfg.overwrite,
         limit=cfg.limit,
-        manifest_extra={"config": OmegaConf.to_container(cfg, resolve=True)},
+        manifest_extra=_manifest_extra(cfg),
     )
 
 

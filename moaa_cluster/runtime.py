@@ -185,9 +185,7 @@ def check_capacity(specs: list, cluster_resources: dict) -> None:
     from moaa_cluster.engines.spec import ConfigError
 
     gpus = float(cluster_resources.get("GPU", 0))
-    for spec in specs:
-        if spec.backend != "vllm":
-            continue
+    for spec in engine_specs(specs):
         if spec.accelerator_type is None and spec.tensor_parallel_size > 1:
             raise ConfigError(
                 f"model {spec.name}: tensor_parallel_size {spec.tensor_parallel_size} needs GPUs; "
@@ -289,9 +287,22 @@ def preflight(cluster: dict, specs: list) -> None:
     """
     from moaa_cluster.engines import planner
 
-    vllm = [s for s in specs if s.backend == "vllm"]
+    vllm = engine_specs(specs)
     if vllm:
         planner.check_fits(vllm, planner.inventory_from_cluster(cluster))
+
+
+def engine_specs(specs: list) -> list:
+    """One spec per vLLM engine: models that share an engine (a rehearsal) count once, as
+    the one with the longest context (the engine is started for it)."""
+    by_engine: dict[str, object] = {}
+    for s in specs:
+        if s.backend != "vllm":
+            continue
+        prev = by_engine.get(s.engine_name)
+        if prev is None or s.max_model_len > prev.max_model_len:
+            by_engine[s.engine_name] = s
+    return list(by_engine.values())
 
 
 class EngineHost:

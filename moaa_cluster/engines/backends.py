@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
+from moaa_cluster.engines.chat_template import FOLD, fold_system, system_mode
 from moaa_cluster.engines.spec import ModelSpec
 
 SAMPLING_KEYS = (
@@ -30,7 +31,12 @@ SAMPLING_KEYS = (
 
 @dataclass
 class Completion:
-    """One model answer and the engine's own accounting of it."""
+    """One model answer and the engine's own accounting of it.
+
+    ``system_folded`` is True when the call's system message was folded into the first
+    user turn because the model's chat template has no system role
+    (``engines/chat_template.py``).
+    """
 
     text: str
     prompt_tokens: int
@@ -38,6 +44,7 @@ class Completion:
     finish_reason: str | None
     model: str
     seconds: float = 0.0
+    system_folded: bool = False
 
 
 class InferenceError(RuntimeError):
@@ -53,6 +60,13 @@ def _sampling(sampling: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown sampling keys {sorted(unknown)}; known: {SAMPLING_KEYS}")
     return {k: v for k, v in sampling.items() if v is not None}
+
+
+def _prepare(messages: list[dict], system_role: str) -> tuple[list[dict], bool]:
+    """The messages to send under the model's system mode, and whether any were folded."""
+    if system_role != FOLD or not any(m.get("role") == "system" for m in messages):
+        return messages, False
+    return fold_system(messages), True
 
 
 def _completion(resp: dict, model: str, seconds: float) -> Completion:
@@ -78,6 +92,8 @@ class ServeLLMBackend:
 
         self.spec = spec
         self.timeout = request_timeout_s
+        # decided once per backend (the tokenizer probe is cached per model and process)
+        self.system_role = system_mode(spec)
         self._handle = serve.get_deployment_handle(deployment_name(spec), app_name(spec)).options(
             stream=True
         )
@@ -88,8 +104,10 @@ class ServeLLMBackend:
 
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
+        messages, folded = _prepare(messages, self.system_role)
+        # the engine's served id; a rehearsal serves several models from one engine
         request = ChatCompletionRequest(
-            model=self.spec.name, messages=messages, **_sampling(sampling)
+            model=self.spec.engine_name, messages=messages, **_sampling(sampling)
         )
         t0 = time.perf_counter()
         stream = self._handle.chat.remote(request)
@@ -103,7 +121,9 @@ class ServeLLMBackend:
             err = resp.get("error") or resp
             message = err.get("message", err) if isinstance(err, dict) else err
             raise InferenceError(f"{self.spec.name}: {message}")
-        return _completion(resp, self.spec.name, time.perf_counter() - t0)
+        completion = _completion(resp, self.spec.name, time.perf_counter() - t0)
+        completion.system_folded = folded
+        return completion
 
 
 class OpenAIBackend:
@@ -113,6 +133,7 @@ class OpenAIBackend:
         import httpx
 
         self.spec = spec
+        self.system_role = system_mode(spec)
         key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.AsyncClient(
@@ -122,13 +143,16 @@ class OpenAIBackend:
     async def chat(self, messages: list[dict], sampling: dict) -> Completion:
         import time
 
+        messages, folded = _prepare(messages, self.system_role)
         body = {"model": self.spec.served_name or self.spec.name, "messages": messages}
         body.update(_sampling(sampling))
         t0 = time.perf_counter()
         r = await self._client.post("/chat/completions", json=body)
         if r.status_code != 200:
             raise InferenceError(f"{self.spec.name}: HTTP {r.status_code}: {r.text[:300]}")
-        return _completion(r.json(), self.spec.name, time.perf_counter() - t0)
+        completion = _completion(r.json(), self.spec.name, time.perf_counter() - t0)
+        completion.system_folded = folded
+        return completion
 
 
 def make_backend(spec: ModelSpec, request_timeout_s: float | None = None) -> ChatBackend:

@@ -16,11 +16,12 @@ log = logging.getLogger(__name__)
 
 
 def app_name(spec: ModelSpec) -> str:
-    return f"moaa-{spec.name}"
+    """Serve app of the spec's engine: models sharing an engine (a rehearsal) share it."""
+    return f"moaa-{spec.engine_name}"
 
 
 def deployment_name(spec: ModelSpec) -> str:
-    return f"moaa-{spec.name}-engine"
+    return f"moaa-{spec.engine_name}-engine"
 
 
 def llm_config(spec: ModelSpec):
@@ -48,7 +49,9 @@ def llm_config(spec: ModelSpec):
     # working_dir), so the offline settings and the cluster's env are passed here in full.
     env = worker_env()
     return LLMConfig(
-        model_loading_config=ModelLoadingConfig(model_id=spec.name, model_source=spec.source),
+        model_loading_config=ModelLoadingConfig(
+            model_id=spec.engine_name, model_source=spec.source
+        ),
         accelerator_type=spec.accelerator_type,
         placement_group_config={"bundles": bundles},
         deployment_config={
@@ -98,7 +101,9 @@ def start_engines(specs: list[ModelSpec]) -> dict[str, float]:
         )
         for spec in vllm_specs
     ]
-    log.info("starting %d engine(s): %s", len(targets), ", ".join(s.name for s in vllm_specs))
+    log.info(
+        "starting %d engine(s): %s", len(targets), ", ".join(s.engine_name for s in vllm_specs)
+    )
     serve.run_many(targets)
     elapsed = time.monotonic() - t0
     log.info("engines ready in %.1f s", elapsed)

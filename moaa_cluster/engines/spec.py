@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BACKENDS = ("vllm", "openai")
+SYSTEM_ROLES = ("auto", "native", "fold")
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,11 @@ class ModelSpec:
         tensor_parallel_size: GPUs per engine replica (1 on CPU).
         max_model_len: Context length the engine is started with.
         chat_template: Optional Jinja template overriding the tokenizer's.
+        system_role: How system messages reach the model (``engines/chat_template.py``):
+            ``native`` sends them as they are; ``fold`` puts their text at the start of
+            the next user turn, for templates with no system role (Gemma-2); ``auto``
+            (default) renders a system message once through the chat template and folds
+            if it raises or drops the text. With no local ``path`` ``auto`` is ``native``.
         accelerator_type: Ray accelerator type (e.g. ``A100-80G``); ``None`` runs on CPU.
         replicas: Engine replicas (data parallel).
         cpus_per_replica: Logical CPUs one replica reserves.
@@ -42,6 +48,9 @@ class ModelSpec:
         num_attention_heads: Query heads; a tensor-parallel size must divide it (vLLM).
         num_key_value_heads: Key/value heads (fewer than query heads under GQA).
         head_dim: Size of one attention head.
+        engine: The Serve engine that answers for this model, when it is not its own. A
+            rehearsal (``moaa_cluster.rehearsal``) points several models at one packaged
+            engine; outputs still name the model. ``None``: the model's own engine.
     """
 
     name: str
@@ -56,6 +65,7 @@ class ModelSpec:
     tensor_parallel_size: int = 1
     max_model_len: int = 2048
     chat_template: str | None = None
+    system_role: str = "auto"
     accelerator_type: str | None = None
     replicas: int = 1
     cpus_per_replica: float = 1.0
@@ -67,6 +77,12 @@ class ModelSpec:
     num_attention_heads: int | None = None
     num_key_value_heads: int | None = None
     head_dim: int | None = None
+    engine: str | None = None
+
+    @property
+    def engine_name(self) -> str:
+        """The engine (Serve app and served model id) that answers this model's calls."""
+        return self.engine or self.name
 
     @property
     def source(self) -> str:
@@ -78,6 +94,11 @@ class ModelSpec:
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"model {self.name}: backend must be one of {BACKENDS}, got {self.backend!r}"
+            )
+        if self.system_role not in SYSTEM_ROLES:
+            raise ConfigError(
+                f"model {self.name}: system_role must be one of {SYSTEM_ROLES}, "
+                f"got {self.system_role!r}"
             )
         if self.backend == "openai":
             if not self.base_url:

@@ -150,9 +150,11 @@ def prefs_workload(
 ) -> Workload:
     """Stage 2: the sampler writes candidates, then the MoA judge compares them.
 
-    Every ordered comparison (each pair in both orders) makes one criteria call (when
-    filtering; by ``criteria_model`` or the aggregator), one critique per proposer, and one
-    verdict by the aggregator. Verdict-recovery calls (a few tokens, rare) are not counted.
+    Every pair makes one criteria call (when filtering; by ``criteria_model`` or the
+    aggregator), shared by its two orders: the paper filters criteria per query-response
+    pair (``judge.judge``). Every ordered comparison (each pair in both orders) then makes
+    one critique per proposer and one verdict by the aggregator. Verdict-recovery calls (a
+    few tokens, rare) are not counted.
 
     Args:
         name: Shown in the plan (e.g. ``prefs paper_stage2``).
@@ -177,7 +179,8 @@ def prefs_workload(
     )
     phases = [Phase(steps=(sample,), repeats=1, unit="pass")]
     if rounds:
-        per_round = 2.0 * sum(rounds) / len(rounds)  # ordered comparisons per round
+        pairs_per_round = sum(rounds) / len(rounds)
+        per_round = 2.0 * pairs_per_round  # ordered comparisons per round
         critique = float(output_tokens or _max_tokens(judge.sampling, f"judge {judge.name}"))
         verdict = float(
             output_tokens or _max_tokens(judge.verdict_sampling, f"judge {judge.name} verdict")
@@ -185,7 +188,8 @@ def prefs_workload(
         steps = []
         if judge.criteria_filtering:
             chooser = judge.criteria_model or judge.aggregator
-            steps.append(Step("criteria", (Seat(chooser, "criteria", per_round, critique),)))
+            seat = Seat(chooser, "criteria", pairs_per_round, critique)  # one per pair
+            steps.append(Step("criteria", (seat,)))
         steps.append(
             Step(
                 "critiques", tuple(Seat(m, "critic", per_round, critique) for m in judge.proposers)

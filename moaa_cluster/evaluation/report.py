@@ -704,6 +704,33 @@ def plot_losses(stages: list[Stage], path: Path) -> Path | None:
 # ---- the page ---------------------------------------------------------------------------
 
 
+def rehearsal_of(run_dir: Path) -> dict | None:
+    """The rehearsal record of a run directory's manifest or its stages' manifests, if any."""
+    for path in [run_dir / "manifest.json", *sorted(run_dir.glob("*/manifest.json"))]:
+        m = _json(path) or {}
+        rec = m.get("rehearsal") or (m.get("config") or {}).get("rehearsal")
+        if isinstance(rec, dict):
+            return rec
+    return None
+
+
+def rehearsal_lines(rec: dict | None) -> list[str]:
+    """The report's opening warning for a rehearsal: what stood in, what the numbers mean."""
+    if not rec:
+        return []
+    names = sorted({m["name"] for m in rec.get("models", {}).values()})
+    lines = [
+        f"> **Rehearsal.** The packaged model `{rec['stand_in']['name']}` answered for every "
+        f"model of this config ({', '.join(names)}), on this machine. The shapes, limits, "
+        "prompts, plans and files are the configured ones; the texts, scores and timings say "
+        "nothing about the real models.",
+    ]
+    if rec.get("max_tokens_scale", 1.0) != 1.0:
+        lines.append(f"> Answer lengths were scaled by {rec['max_tokens_scale']:g}.")
+    lines += [f"> {note}" for note in rec.get("notes", [])]
+    return [*lines, ""]
+
+
 def write_report(
     run_dir: Path,
     *,
@@ -711,6 +738,7 @@ def write_report(
     gpus: float | None = None,
     gpu_hour_usd: float | None = None,
     cluster: dict | None = None,
+    rehearsal: dict | None = None,
 ) -> Path:
     """Writes ``report.md`` and ``plots/*.png`` into ``run_dir``; returns the report's path.
 
@@ -722,6 +750,8 @@ def write_report(
         gpu_hour_usd: Dollars per GPU-hour (overrides ``prices['gpu_hour']``).
         cluster: Cluster config for stages whose manifests carry none (``moaa pipeline``
             passes its own, as its manifest is written after the report).
+        rehearsal: The rehearsal record (``moaa_cluster.rehearsal``) when the manifests do
+            not carry one yet (``moaa pipeline`` passes its own).
 
     Raises:
         FileNotFoundError: ``run_dir`` does not exist.
@@ -788,6 +818,7 @@ def write_report(
         ),
         "",
     ]
+    lines += rehearsal_lines(rehearsal or rehearsal_of(run_dir))
     lines += [f"- skipped: stage {n} has no output yet in {run_dir / n}" for n in absent]
     if absent:
         lines.append("")

@@ -203,7 +203,7 @@ def _query_and_answers(question: str, answer_a: str, answer_b: str) -> str:
 
 
 def criteria_filter_prompt(question: str, answer_a: str, answer_b: str) -> str:
-    """Renders K.2, the prompt that selects 3 of the 8 criteria for this comparison.
+    """Renders K.2, the prompt that selects 3 of the 8 criteria for a pair of responses.
 
     Args:
         question: The user query (see ``render_question`` for conversations).

@@ -1,13 +1,27 @@
-"""Turning pairwise verdicts into a chosen/rejected pair of candidates (paper Sec. 3.2).
+"""Turning pairwise verdicts into a chosen/rejected pair of candidates.
 
-A comparison of candidates i and j is judged twice, once in each order; the orders must agree
-for a win, otherwise it is a tie (the paper's rule for position bias). A *plan* decides which
-pairs to compare:
+What the paper prescribes (Sec. 3.2 and 4.1, as recorded in ``PAPER.md``): "Pairwise judging,
+each pair twice with the order swapped; all pairs of the 5 (10 comparisons) give the ranking",
+and "highest = chosen, lowest = rejected". That is the ``RoundRobin`` plan below.
 
-* ``RoundRobin``: the paper's procedure, all n(n-1)/2 pairs at once, then the best total score
-  is chosen and the worst rejected.
-* ``Knockout``: ours, a cheaper alternative that finds only the best and the worst, with
-  about 3n/2 - 2 comparisons in a few sequential rounds.
+What the paper leaves open, and this module decides (our rules, not the paper's):
+
+* Combining the two orders (``combine_orders``): a candidate wins a pair only when both orders
+  name it; when they disagree the pair is a tie. Why: a judge that says A whoever is A (the
+  packaged models do at temperature 0) has shown position bias, not a preference, and
+  counting either verdict would rank candidates by where they were shown.
+* A pair where either order has no verdict even after recovery is ``unresolved``; it scores
+  like a tie so it favours neither side, and it is counted apart, never turned into a win.
+* Scores (``scores``): 1 per pair won, 0.5 per tie or unresolved pair (a Copeland-style count;
+  the paper does not say how the ranking is computed from the pairs).
+* Equal scores (``select_pair``): chosen is the lowest index among the best, rejected the
+  highest index among the worst, so the result is deterministic and the tie-breaks pull the
+  two apart; when every score is equal there is no pair (no strict preference to learn).
+* Eligibility (``select_pair``'s ``eligible``): a candidate the caller marks ineligible (the
+  stage-2 pipeline marks candidates cut off at ``max_tokens``) is never chosen but may still
+  be rejected; see ``pipeline/prefs.py``.
+* ``Knockout``: a cheaper plan of ours that finds only the best and the worst, with about
+  3n/2 - 2 comparisons in a few sequential rounds instead of n(n-1)/2.
 
 Plans share one interface, driven by the caller::
 
@@ -19,6 +33,7 @@ Plans share one interface, driven by the caller::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,7 +71,10 @@ class PairResult:
 
 
 def combine_orders(i: int, j: int, first: str | None, second: str | None) -> PairResult:
-    """Combines the two orders' verdicts into one outcome for the pair.
+    """Combines the two orders' verdicts into one outcome for the pair (our rule).
+
+    The paper judges each pair in both orders but does not say how the two verdicts combine;
+    requiring agreement keeps position bias from deciding a pair.
 
     Args:
         i: One candidate's index.
@@ -110,23 +128,38 @@ def scores(n: int, results: list[PairResult]) -> list[float]:
     return total
 
 
-def select_pair(scores: list[float]) -> tuple[int, int] | None:
-    """Picks (chosen, rejected) from scores.
+def select_pair(
+    scores: list[float], eligible: Sequence[bool] | None = None
+) -> tuple[int, int] | None:
+    """Picks (chosen, rejected) from scores (our tie rules; see the module docstring).
 
-    Chosen is the highest score (ties: lowest index), rejected the lowest (ties: highest
-    index), so the tie-breaks pull the two apart and the result is deterministic.
+    Chosen is the highest score among the eligible candidates (ties: lowest index), rejected
+    the lowest score among all candidates (ties: highest index). Chosen must score strictly
+    above rejected.
 
     Args:
         scores: One score per candidate.
+        eligible: Per candidate, whether it may be chosen; None: every candidate may.
 
     Returns:
-        ``(chosen, rejected)``, or None when all scores are equal (no strict preference;
-        includes fewer than 2 candidates).
+        ``(chosen, rejected)``, or None when no eligible candidate scores above the worst:
+        all scores equal (includes fewer than 2 candidates), no eligible candidate, or only
+        ineligible candidates above the worst.
+
+    Raises:
+        ValueError: If ``eligible`` does not have one flag per candidate.
     """
-    if len(scores) < 2 or max(scores) == min(scores):
+    if eligible is None:
+        eligible = [True] * len(scores)
+    if len(eligible) != len(scores):
+        raise ValueError(f"{len(eligible)} eligibility flags for {len(scores)} candidates")
+    allowed = [k for k, ok in enumerate(eligible) if ok]
+    if len(scores) < 2 or not allowed:
         return None
-    best, worst = max(scores), min(scores)
-    chosen = min(k for k, s in enumerate(scores) if s == best)
+    best, worst = max(scores[k] for k in allowed), min(scores)
+    if best <= worst:
+        return None
+    chosen = min(k for k in allowed if scores[k] == best)
     rejected = max(k for k, s in enumerate(scores) if s == worst)
     return chosen, rejected
 
@@ -138,7 +171,7 @@ class ComparisonPlan(Protocol):
 
     def next_pairs(self) -> list[tuple[int, int]]: ...
     def record(self, results: list[PairResult]) -> None: ...
-    def result(self) -> tuple[int, int] | None: ...
+    def result(self, eligible: Sequence[bool] | None = None) -> tuple[int, int] | None: ...
     def scores(self) -> list[float]: ...
     @property
     def done(self) -> bool: ...
@@ -213,20 +246,23 @@ class _Plan:
 
 
 class RoundRobin(_Plan):
-    """The paper's plan: every pair once (in both orders), then the best and worst scores."""
+    """The paper's plan: every pair (in both orders), then the best and the worst scores."""
 
     def __init__(self, n: int):
         super().__init__(n)
         self._issue([(i, j) for i in range(n) for j in range(i + 1, n)])
 
-    def result(self) -> tuple[int, int] | None:
+    def result(self, eligible: Sequence[bool] | None = None) -> tuple[int, int] | None:
         """``select_pair`` over the final scores.
+
+        Args:
+            eligible: Per candidate, whether it may be chosen; None: every candidate may.
 
         Raises:
             RuntimeError: If comparisons are still outstanding.
         """
         self._check_done()
-        return select_pair(self.scores())
+        return select_pair(self.scores(), eligible)
 
 
 class Knockout(_Plan):
@@ -308,22 +344,33 @@ class Knockout(_Plan):
         else:
             self._roles = {}
 
-    def result(self) -> tuple[int, int] | None:
+    def result(self, eligible: Sequence[bool] | None = None) -> tuple[int, int] | None:
         """(winners-bracket champion, losers-bracket champion).
+
+        Args:
+            eligible: Per candidate, whether it may be chosen; None: every candidate may.
+                The brackets are not replayed without the ineligible ones: the plan knows
+                only the champion is best, not who comes second.
 
         Returns:
             The pair, or None with fewer than 2 candidates, when no comparison had a winner
-            (every decision came from tie-breaking alone), or when the two brackets end on the
-            same candidate (possible with odd n and inconsistent verdicts).
+            (every decision came from tie-breaking alone), when the two brackets end on the
+            same candidate (possible with odd n and inconsistent verdicts), or when the
+            winners-bracket champion is not eligible.
 
         Raises:
             RuntimeError: If comparisons are still outstanding.
+            ValueError: If ``eligible`` does not have one flag per candidate.
         """
         self._check_done()
+        if eligible is not None and len(eligible) != self.n:
+            raise ValueError(f"{len(eligible)} eligibility flags for {self.n} candidates")
         if self.n < 2 or not any(isinstance(r.outcome, int) for r in self._results):
             return None
         chosen, rejected = self._winners[0], self._losers[0]
-        return None if chosen == rejected else (chosen, rejected)
+        if chosen == rejected or (eligible is not None and not eligible[chosen]):
+            return None
+        return chosen, rejected
 
 
 PLANS: dict[str, type[RoundRobin] | type[Knockout]] = {

@@ -7,22 +7,35 @@ A row's state is a flat dict: ``turns`` (the user messages) and one answer colum
 (turn, layer, agent), named by :func:`answer_column`. Turn t's context is the user turns and
 the mixture's own final answers of turns < t (Eq. 3); layer i > 0 additionally sees the
 previous layer's answers through the Aggregate-and-Synthesize system prompt (Eq. 1, K.1).
+A call whose prompt would not fit its model's context gets its carried answers shortened by
+the model's fitter (``moaa_cluster.moa.budget``), recorded in the call's ``context``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from moaa_cluster.moa.budget import ContextOverflow, Fitted
 from moaa_cluster.moa.prompts import inject_responses
+
+# a model's context fitter: (messages without K.1, proposals or None, max_tokens) -> Fitted
+Fit = Callable[[list[dict], list[str] | None, int | None], Fitted]
 
 
 @dataclass(frozen=True)
 class Agent:
-    """One seat in a layer: a model (by its spec name) and its sampling settings."""
+    """One seat in a layer: a model (by its spec name) and its sampling settings.
+
+    A ``solo`` seat answers like the other proposers of its layer, but the next layer does
+    not see its answer: it exists for its own provenance, e.g. the aggregator model's single
+    answers that the paper's Table 3 baselines (single teacher, Combined-5, Random-5) use.
+    """
 
     model: str
     sampling: dict = field(default_factory=dict, hash=False, compare=False)
+    solo: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,18 @@ class Mixture:
             raise ValueError(
                 f"the last layer must be a single aggregator, got {len(self.layers[-1])} models"
             )
+        if self.layers[-1][0].solo:
+            raise ValueError("the aggregator cannot be a solo seat")
+        for i, layer in enumerate(self.layers[:-1]):
+            flags = [a.solo for a in layer]
+            if all(flags):
+                raise ValueError(f"layer {i + 1} needs at least one seat that is not solo")
+            if flags != sorted(flags):  # the aggregated seats keep K.1's numbering 1..n
+                raise ValueError(f"layer {i + 1}: solo seats must come after the others")
+
+    def aggregated(self, layer: int) -> int:
+        """How many seats of ``layer`` the next layer sees (the first ones; solo seats last)."""
+        return sum(not a.solo for a in self.layers[layer])
 
     @property
     def models(self) -> list[str]:
@@ -85,11 +110,17 @@ def plan_steps(mixture: Mixture, max_turns: int) -> list[Step]:
     ]
 
 
-def step_messages(mixture: Mixture, step: Step, row: dict) -> list[dict] | None:
-    """Chat messages for ``step`` on ``row``, or ``None`` when the row has no such turn."""
+def step_parts(mixture: Mixture, step: Step, row: dict) -> tuple[list[dict], list[str] | None]:
+    """``step``'s messages before the K.1 prompt goes in, and the proposals it carries.
+
+    Returns:
+        The optional system message, the earlier turns (with the mixture's final answers)
+        and the current user turn; then the previous layer's answers for a layer > 0, else
+        None. Raises ``IndexError`` when the row has no such turn.
+    """
     turns = list(row["turns"])
     if step.turn >= len(turns):
-        return None
+        raise IndexError(f"row {row.get('id')} has no turn {step.turn + 1}")
     messages: list[dict] = []
     system = row.get("system")
     if system:
@@ -98,13 +129,21 @@ def step_messages(mixture: Mixture, step: Step, row: dict) -> list[dict] | None:
         messages.append({"role": "user", "content": turns[t]})
         messages.append({"role": "assistant", "content": row[final_column(mixture, t)]})
     messages.append({"role": "user", "content": turns[step.turn]})
-    if step.layer > 0:
-        previous = [
-            row[answer_column(step.turn, step.layer - 1, j)]
-            for j in range(len(mixture.layers[step.layer - 1]))
-        ]
-        messages = inject_responses(messages, previous)
-    return messages
+    if step.layer == 0:
+        return messages, None
+    previous = [
+        row[answer_column(step.turn, step.layer - 1, j)]
+        for j in range(mixture.aggregated(step.layer - 1))
+    ]
+    return messages, previous
+
+
+def step_messages(mixture: Mixture, step: Step, row: dict) -> list[dict] | None:
+    """Chat messages for ``step`` on ``row``, or ``None`` when the row has no such turn."""
+    if step.turn >= len(row["turns"]):
+        return None
+    messages, proposals = step_parts(mixture, step, row)
+    return messages if proposals is None else inject_responses(messages, proposals)
 
 
 def conversation(mixture: Mixture, row: dict) -> list[dict]:
@@ -136,16 +175,32 @@ async def run_step(
     defaults: dict | None = None,
     seed: int | None = None,
     record_prompts: bool = False,
+    fit: Fit | None = None,
 ) -> tuple[str, dict]:
     """One model call: ``step``'s answer on a row's ``state`` and its provenance record.
 
     ``backend`` is an object with ``async chat(messages, sampling)``. With ``record_prompts``
-    the record keeps the exact messages sent (as JSON).
+    the record keeps the exact messages sent (as JSON). ``fit`` (the model's
+    :class:`~moaa_cluster.moa.budget.ContextFitter`) shortens carried answers that would not
+    fit the model's context; the record's ``context`` says what it cut (None: nothing).
+
+    Raises:
+        ContextOverflow: ``fit`` found no way to fit the prompt (the row fails with it).
     """
     sampling = {**(defaults or {}), **step.agent.sampling}
     if sampling.get("seed") is None:
         sampling["seed"] = step_seed(seed, state["id"], step)
-    messages = step_messages(mixture, step, state)
+    context = None
+    if fit is None:
+        messages = step_messages(mixture, step, state)
+    else:
+        try:
+            fitted = fit(*step_parts(mixture, step, state), sampling.get("max_tokens"))
+        except ContextOverflow as exc:
+            raise ContextOverflow(
+                f"turn {step.turn + 1}, layer {step.layer + 1}, seat {step.index}: {exc}"
+            ) from exc
+        messages, context = fitted.messages, fitted.record()
     completion = await backend.chat(messages, sampling)
     return completion.text, {
         "turn": step.turn,
@@ -158,6 +213,10 @@ async def run_step(
         "finish_reason": completion.finish_reason,
         "seconds": round(completion.seconds, 3),
         "prompt": json.dumps(messages, ensure_ascii=False) if record_prompts else None,
+        "context": context,
+        # the model's template has no system role: its system text went into the first user
+        # turn (engines.chat_template); `prompt` keeps the messages as built, before folding
+        "system_folded": bool(getattr(completion, "system_folded", False)),
     }
 
 
@@ -169,13 +228,28 @@ async def run_steps(
     defaults: dict | None = None,
     seed: int | None = None,
     record_prompts: bool = False,
+    fits: dict[str, Fit] | None = None,
 ) -> list[tuple[str, dict]]:
-    """The independent ``steps`` (seats of one layer) on ``state``, called concurrently."""
+    """The independent ``steps`` (seats of one layer) on ``state``, called concurrently.
+
+    ``fits`` maps a model name to its context fitter (see :func:`run_step`); a model
+    without one sends its prompts as built.
+    """
     import asyncio
 
+    fits = fits or {}
     return await asyncio.gather(
         *(
-            run_step(mixture, s, state, backends[s.agent.model], defaults, seed, record_prompts)
+            run_step(
+                mixture,
+                s,
+                state,
+                backends[s.agent.model],
+                defaults,
+                seed,
+                record_prompts,
+                fits.get(s.agent.model),
+            )
             for s in steps
         )
     )
@@ -188,11 +262,13 @@ async def run_row(
     defaults: dict | None = None,
     seed: int | None = None,
     record_prompts: bool = False,
+    fits: dict[str, Fit] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Runs the whole mixture on one conversation, turn by turn, layer by layer.
 
     The seats of a layer are called concurrently; the next layer starts when they are all
-    back. ``backends`` maps a model name to an object with ``async chat(messages, sampling)``.
+    back. ``backends`` maps a model name to an object with ``async chat(messages, sampling)``;
+    ``fits`` maps it to its context fitter (:func:`run_step`).
 
     Returns:
         The row's answer columns and one provenance record per model call, in step order.
@@ -203,7 +279,7 @@ async def run_row(
         for layer_idx, layer in enumerate(mixture.layers):
             steps = [Step(turn, layer_idx, i, agent) for i, agent in enumerate(layer)]
             results = await run_steps(
-                mixture, steps, state, backends, defaults, seed, record_prompts
+                mixture, steps, state, backends, defaults, seed, record_prompts, fits
             )
             for step, (text, record) in zip(steps, results, strict=True):
                 state[step.column] = text

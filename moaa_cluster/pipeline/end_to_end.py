@@ -43,6 +43,26 @@ class PipelineParts:
     eval_sources: list
     eval_settings: object
     eval_limit: int | None
+    # the recipe's stages, in order: all five (the paper's MoAA), or synth, sft, eval
+    # (Table 4's self-improvement: SFT only)
+    stages: tuple[str, ...] = STAGES
+
+
+def check_stages(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """A recipe's stages: in pipeline order, synth and sft first, prefs and dpo together."""
+    stages = tuple(stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"stages: unknown {unknown}; known, in order: {list(STAGES)}")
+    if list(stages) != [s for s in STAGES if s in stages] or len(set(stages)) != len(stages):
+        raise ConfigError(f"stages must keep the pipeline order {list(STAGES)}, got {list(stages)}")
+    if stages[:2] != ("synth", "sft"):
+        raise ConfigError(f"stages must start with synth, sft; got {list(stages)}")
+    if ("prefs" in stages) != ("dpo" in stages):
+        raise ConfigError(
+            f"stages: prefs and dpo go together (DPO trains on prefs' pairs); got {list(stages)}"
+        )
+    return stages
 
 
 def _manifest(stage_dir: Path) -> dict | None:
@@ -66,8 +86,11 @@ def is_complete(stage: str, stage_dir: Path) -> bool:
 
 
 def trained_spec(base: ModelSpec, stage_dir: Path, suffix: str) -> ModelSpec:
-    """The base model's engine spec pointed at a trained checkpoint."""
-    return replace(base, name=f"{base.name}-{suffix}", path=str(stage_dir / "model"), hub_id=None)
+    """The base model's engine spec pointed at a trained checkpoint, served by its own engine
+    (never by an engine the base shares, as in a rehearsal)."""
+    return replace(
+        base, name=f"{base.name}-{suffix}", path=str(stage_dir / "model"), hub_id=None, engine=None
+    )
 
 
 def run_pipeline(
@@ -87,8 +110,9 @@ def run_pipeline(
     from moaa_cluster.pipeline.synth import save_json, synthesize
     from moaa_cluster.training.ray_train import fit
 
-    if from_stage is not None and from_stage not in STAGES:
-        raise ConfigError(f"from_stage must be one of {list(STAGES)}, got {from_stage!r}")
+    stages = check_stages(parts.stages)
+    if from_stage is not None and from_stage not in stages:
+        raise ConfigError(f"from_stage must be one of {list(stages)}, got {from_stage!r}")
     # absolute: Ray Train workers and engine replicas do not share the driver's cwd
     run_dir = Path(run_dir).resolve()
     if overwrite and run_dir.exists():
@@ -105,11 +129,14 @@ def run_pipeline(
     timings: dict[str, float] = {}
     skipped: list[str] = []
 
-    prefs_specs = {**parts.judge_specs, SAMPLER: sft_spec}
-    eval_specs = {**parts.judge_specs, "model": dpo_spec, "baseline": parts.base}
+    final = dpo_spec if "dpo" in stages else sft_spec  # the model the recipe delivers
+    prefs_specs = {**parts.judge_specs, SAMPLER: sft_spec} if "prefs" in stages else None
+    eval_specs = {**parts.judge_specs, "model": final, "baseline": parts.base}
     preflight(parts, cluster, prefs_specs, eval_specs)
 
     def stage(name: str, fn, engines: dict | None = None) -> None:
+        if name not in stages:
+            return
         if is_complete(name, dirs[name]):
             skipped.append(name)
             print(f"== {name}: complete in {dirs[name]}, skipped", flush=True)
@@ -118,8 +145,9 @@ def run_pipeline(
         # engines kept from the last stage that this one does not use are stopped first;
         # a training stage on GPUs frees every engine (the trainers need the devices)
         if engines is not None or parts.scaling.use_gpu:
-            wanted = {s.name for s in (engines or {}).values()}
-            drop = [s for n, s in started.items() if n not in wanted]
+            # by engine: a model whose engine the next stage still uses keeps it running
+            wanted = {s.engine_name for s in (engines or {}).values()}
+            drop = [s for s in started.values() if s.engine_name not in wanted]
             if drop:
                 stop_engines(drop)
                 for s in drop:
@@ -192,32 +220,36 @@ def run_pipeline(
         )
         stage(
             "eval",
-            lambda: _evaluate(parts, dpo_spec, dirs["eval"], cluster, progress),
+            lambda: _evaluate(parts, final, dirs["eval"], cluster, progress),
             eval_specs,
         )
     finally:
         if started:
             stop_engines(list(started.values()))
-    report = _report(run_dir, cluster)
+    rehearsal = (config or {}).get("rehearsal") or None
+    report = _report(run_dir, cluster, rehearsal)
     manifest = {
         "task": "pipeline",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "stages": {s: str(dirs[s]) for s in STAGES},
+        "stages": {s: str(dirs[s]) for s in stages},
         "skipped": skipped,
         "timings_s": {**timings, "total": round(time.monotonic() - t_start, 2)},
-        "stage_timings_s": {s: (_manifest(dirs[s]) or {}).get("timings_s") for s in STAGES},
+        "stage_timings_s": {s: (_manifest(dirs[s]) or {}).get("timings_s") for s in stages},
         "eval": (_manifest(dirs["eval"]) or {}).get("summary"),
         "report": str(report) if report else None,
+        "rehearsal": rehearsal,
         "config": config,
     }
     save_json(run_dir / "manifest.json", manifest)
     print(f"pipeline: done in {manifest['timings_s']['total']:.0f} s; {run_dir}", flush=True)
-    for s in STAGES:
+    for s in stages:
         print(f"  {s:<6} {timings.get(s, 'skipped')!s:>10} s  {dirs[s]}", flush=True)
     return manifest
 
 
-def preflight(parts: PipelineParts, cluster: dict, prefs_specs: dict, eval_specs: dict) -> None:
+def preflight(
+    parts: PipelineParts, cluster: dict, prefs_specs: dict | None, eval_specs: dict
+) -> None:
     """Every stage's engines checked against the cluster before the first one starts.
 
     Stage 1 may run layer by layer when its mixture does not fit at once
@@ -234,19 +266,22 @@ def preflight(parts: PipelineParts, cluster: dict, prefs_specs: dict, eval_specs
         max_turns=1,
     )
     for label, specs in (("prefs", prefs_specs), ("eval", eval_specs)):
+        if specs is None:  # a recipe without that stage
+            continue
         try:
             runtime.preflight(cluster, list(specs.values()))
         except ConfigError as exc:
             raise ConfigError(f"pipeline stage {label}: {exc}") from exc
 
 
-def _evaluate(parts: PipelineParts, dpo: ModelSpec, out: Path, cluster: dict, progress: bool):
-    """The DPO model against the base model on held-out instructions, with the pipeline's judge."""
+def _evaluate(parts: PipelineParts, model: ModelSpec, out: Path, cluster: dict, progress: bool):
+    """The recipe's final model (DPO, or SFT in an SFT-only recipe) against the base model on
+    held-out instructions, with the pipeline's judge."""
     from moaa_cluster.pipeline.evaluate import evaluate
 
     return evaluate(
         parts.eval_sources,
-        dpo,
+        model,
         parts.judge,
         parts.judge_specs,
         out,
@@ -259,12 +294,12 @@ def _evaluate(parts: PipelineParts, dpo: ModelSpec, out: Path, cluster: dict, pr
     )
 
 
-def _report(run_dir: Path, cluster: dict) -> Path | None:
+def _report(run_dir: Path, cluster: dict, rehearsal: dict | None = None) -> Path | None:
     """``report.md`` with plots over every stage; a failure here never fails the pipeline."""
     from moaa_cluster.evaluation.report import write_report
 
     try:
-        return write_report(run_dir, cluster=cluster)
+        return write_report(run_dir, cluster=cluster, rehearsal=rehearsal)
     except Exception as exc:  # the stages' outputs stand; say why the report is missing
         log.warning("report not written: %s: %s", type(exc).__name__, exc)
         return None

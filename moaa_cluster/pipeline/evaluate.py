@@ -300,8 +300,8 @@ def length_rejects(
             + (n_tokens(tok, VERDICT_FOLLOWUP) + 8 if judge.recover else 0)
         )
         overhead[key] = max(k2, k3, k4)
-    keep, rejects = [], []
-    for row in rows:
+
+    def reason_for(row: dict) -> str | None:
         turns, system = list(row["turns"]), row.get("system")
         reason = None
         generators = [(model, gen_max)] + ([(baseline_model, base_max)] if baseline_model else [])
@@ -335,6 +335,15 @@ def length_rejects(
                         "and the critiques"
                     )
                     break
+        return reason
+
+    keep, rejects = [], []
+    for row in rows:
+        turns = list(row["turns"])
+        try:
+            reason = reason_for(row)
+        except Exception as exc:  # a record can fail only itself, never the run
+            reason = f"length check failed: {type(exc).__name__}: {exc}"
         if reason:
             rejects.append(
                 {

@@ -142,9 +142,18 @@ class PassWorker(RowWorker):
     """Ray Data actor: one pass's seats on each row of a batch, rows concurrently."""
 
     def __init__(
-        self, mixture, specs, settings, step: Pass, output_schema: pa.Schema, backends=None
+        self,
+        mixture,
+        specs,
+        settings,
+        step: Pass,
+        output_schema: pa.Schema,
+        backends=None,
+        fits: dict | None = None,
     ):
+        """``backends`` and ``fits`` (context fitters) default to ones built from ``specs``."""
         from moaa_cluster.engines.backends import make_backend
+        from moaa_cluster.moa.budget import load_fitters
 
         self.mixture = mixture
         self.settings = settings
@@ -154,6 +163,12 @@ class PassWorker(RowWorker):
         self.backends = backends or {
             k: make_backend(specs[k], settings.request_timeout_s) for k in step.models
         }
+        # the pass's models' tokenizers fit each prompt into its context, as in a resident run
+        self.fits = (
+            fits
+            if fits is not None
+            else load_fitters({k: specs[k] for k in step.models if k in specs})
+        )
 
     def start(self, row: dict) -> dict:
         return {"id": row["id"], "state": "{}", "calls": []}
@@ -163,7 +178,14 @@ class PassWorker(RowWorker):
         state = {**{k: v for k, v in row.items() if k != "state"}, **json.loads(row["state"])}
         steps = [Step(p.turn, p.layer, i, self.mixture.layers[p.layer][i]) for i in p.seats]
         results = await run_steps(
-            self.mixture, steps, state, self.backends, s.defaults, s.seed, s.record_prompts
+            self.mixture,
+            steps,
+            state,
+            self.backends,
+            s.defaults,
+            s.seed,
+            s.record_prompts,
+            self.fits,
         )
         out["state"] = json.dumps(
             {st.column: text for st, (text, _) in zip(steps, results, strict=True)}

@@ -47,6 +47,10 @@ CALL = pa.struct(
         ("finish_reason", pa.string()),
         ("seconds", pa.float64()),
         ("prompt", pa.string()),
+        # JSON of the carried answers cut to fit the context (moa.budget.Fitted.record), or
+        # null when nothing was cut; shards written before the field existed read as null
+        ("context", pa.string()),
+        ("system_folded", pa.bool_()),  # system text folded into the first user turn
     ]
 )
 SHARD_SCHEMA = pa.schema(
@@ -97,6 +101,7 @@ class MixtureWorker(RowWorker):
 
     def __init__(self, mixture: Mixture, specs: dict, settings: SynthSettings):
         from moaa_cluster.engines.backends import make_backend
+        from moaa_cluster.moa.budget import load_fitters
 
         self.mixture = mixture
         self.settings = settings
@@ -104,6 +109,8 @@ class MixtureWorker(RowWorker):
         self.backends = {
             name: make_backend(spec, settings.request_timeout_s) for name, spec in specs.items()
         }
+        # each model's tokenizer, to fit every prompt into its context at run time
+        self.fits = load_fitters(specs)
 
     def start(self, row: dict) -> dict:
         return {**row, "messages": [], "calls": []}
@@ -117,6 +124,7 @@ class MixtureWorker(RowWorker):
             defaults=s.defaults,
             seed=s.seed,
             record_prompts=s.record_prompts,
+            fits=self.fits,
         )
         out["messages"] = conversation(self.mixture, {**row, **answers})
         out["calls"] = calls
@@ -201,6 +209,8 @@ def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) ->
     for r in ok:
         for c in r["calls"]:
             finish[c["finish_reason"]] = finish.get(c["finish_reason"], 0) + 1
+    # calls whose carried answers were shortened to fit (shards from before have no `context`)
+    cut = [sum(1 for c in r["calls"] if c.get("context")) for r in ok]
     return {
         "rows_ok": len(ok),
         "rows_failed": len(failed),
@@ -210,6 +220,9 @@ def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) ->
         "rows_retried": sum(1 for r in ok + failed if r.get("retries")),
         "tokens_per_model": tokens,
         "finish_reasons": finish,
+        "calls_with_cut_context": sum(cut),
+        "rows_with_cut_context": sum(1 for n in cut if n),
+        "rows_failed_context": sum(1 for r in failed if r["error"].startswith("ContextOverflow")),
     }
 
 
@@ -223,6 +236,12 @@ def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
             f"  {model}: {t['calls']} calls, {t['prompt_tokens']} prompt + "
             f"{t['completion_tokens']} generated tokens"
         )
+    if counts.get("calls_with_cut_context"):
+        lines.append(
+            f"context: {counts['calls_with_cut_context']} calls in "
+            f"{counts['rows_with_cut_context']} rows had carried answers shortened to fit "
+            "max_model_len (what was cut: calls.context in sft.parquet)"
+        )
     if counts.get("rows_retried"):
         lines.append(
             f"retried: {counts['rows_retried']} rows hit a transient engine error (an engine "
@@ -234,6 +253,11 @@ def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
         lines.append(
             f"WARNING: {counts['rows_failed']} rows failed in inference (reasons in rejects.jsonl); "
             "rerun the same command to retry only those rows"
+        )
+    if counts.get("rows_failed_context"):
+        lines.append(
+            f"  {counts['rows_failed_context']} of them cannot fit a model's max_model_len even "
+            "with every carried answer cut (ContextOverflow): a rerun fails them again"
         )
     return lines
 
@@ -247,66 +271,71 @@ def save_json(path: Path, data: dict) -> None:
 def length_rejects(
     rows: list[dict], mixture: Mixture, specs: dict[str, ModelSpec], defaults: dict
 ) -> tuple[list[dict], list[dict]]:
-    """Splits off rows whose worst-case prompt cannot fit a model's context.
+    """Splits off rows whose own text cannot fit a model's context, whatever the answers.
 
-    The bound counts the row's own text exactly (the model's tokenizer) and every earlier
-    answer the prompt may carry (history, previous layer) at its ``max_tokens``.
+    A row is rejected only when, for some call of some turn, the prompt with every carried
+    answer (earlier final answers, the previous layer's proposals) cut to the truncation
+    marker alone, plus the seat's ``max_tokens``, exceeds the model's ``max_model_len``
+    (``ContextFitter.floor_check``). Longer answers are shortened at run time instead
+    (``moaa_cluster.moa.budget``). Models without a local tokenizer are not checked.
     """
-    from transformers import AutoTokenizer
+    from moaa_cluster.moa.budget import load_fitters
 
-    from moaa_cluster.moa.prompts import AGGREGATE_AND_SYNTHESIZE
-
-    tokenizers = {
-        key: AutoTokenizer.from_pretrained(spec.path)
-        for key, spec in specs.items()
-        if spec.backend == "vllm" and spec.path
-    }
-    if not tokenizers:
+    fitters = load_fitters(specs)
+    if not fitters:
         return rows, []
-
-    def max_tokens(agent) -> int:
-        return int({**defaults, **agent.sampling}.get("max_tokens") or 16)
-
-    agg = mixture.layers[-1][0]
     keep, rejects = [], []
     for row in rows:
-        reason = None
-        for key, tok in tokenizers.items():
-            spec = specs[key]
-            lens = [len(tok(t).input_ids) for t in row["turns"]]
-            sys_len = len(tok(row["system"]).input_ids) if row.get("system") else 0
-            header = len(tok(AGGREGATE_AND_SYNTHESIZE).input_ids)
-            for t in range(len(row["turns"])):
-                for layer_idx, layer in enumerate(mixture.layers):
-                    for agent in layer:
-                        if agent.model != key:
-                            continue
-                        own = sys_len + sum(lens[: t + 1])
-                        carried = t * max_tokens(agg)
-                        if layer_idx:
-                            prev = mixture.layers[layer_idx - 1]
-                            carried += header + sum(max_tokens(a) + 4 for a in prev)
-                        need = own + carried + 8 * (2 * t + 2) + max_tokens(agent)
-                        if need > spec.max_model_len and reason is None:
-                            reason = (
-                                f"prompt too long for {spec.name} (max_model_len "
-                                f"{spec.max_model_len}): turn {t + 1}, layer {layer_idx + 1} needs up "
-                                f"to {need} tokens ({own} of its own text, {carried} carried from "
-                                f"earlier answers, {max_tokens(agent)} to generate)"
-                            )
-        if reason:
-            rejects.append(
-                {
-                    "source": row["source"],
-                    "where": row["id"],
-                    "stage": "input",
-                    "reason": reason,
-                    "record": {"turns": row["turns"], "system": row["system"]},
-                }
-            )
-        else:
+        try:
+            reason = _floor_reason(row, mixture, specs, fitters, defaults)
+        except Exception as exc:  # a record can fail only itself, never the run
+            reason = f"length check failed: {type(exc).__name__}: {exc}"
+        if reason is None:
             keep.append(row)
+            continue
+        rejects.append(
+            {
+                "source": row["source"],
+                "where": row["id"],
+                "stage": "input",
+                "reason": reason,
+                "record": {"turns": row["turns"], "system": row["system"]},
+            }
+        )
     return keep, rejects
+
+
+def _floor_reason(
+    row: dict, mixture: Mixture, specs: dict[str, ModelSpec], fitters: dict, defaults: dict
+) -> str | None:
+    """Why ``row`` cannot fit (the first call that cannot), or None when every call can."""
+    from moaa_cluster.moa.budget import reserved_tokens
+    from moaa_cluster.moa.mixture import Step, plan_steps, step_parts
+
+    # the floor replaces every answer with the marker: placeholders stand in for them
+    placeholder = {**row, **{s.column: "" for s in plan_steps(mixture, len(row["turns"]))}}
+    for t in range(len(row["turns"])):
+        for layer_idx, layer in enumerate(mixture.layers):
+            for key in dict.fromkeys(a.model for a in layer):
+                fitter = fitters.get(key)
+                if fitter is None:
+                    continue
+                # a model's seats in one layer get the same prompt: the largest answer decides
+                seats = [(i, a) for i, a in enumerate(layer) if a.model == key]
+                reserve = max(
+                    reserved_tokens({**defaults, **a.sampling}.get("max_tokens")) for _, a in seats
+                )
+                base, proposals = step_parts(mixture, Step(t, layer_idx, *seats[0]), placeholder)
+                n = fitter.floor_check(base, None if proposals is None else len(proposals), reserve)
+                if n is not None:
+                    spec = specs[key]
+                    return (
+                        f"prompt too long for {spec.name} (max_model_len {spec.max_model_len}): "
+                        f"turn {t + 1}, layer {layer_idx + 1} needs {n} prompt tokens with every "
+                        f"earlier answer cut to the truncation marker, + {reserve} to generate "
+                        f"= {n + reserve}"
+                    )
+    return None
 
 
 def synthesize(
@@ -394,7 +423,10 @@ def synthesize(
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "mixture": {
             "layers": [
-                [{"model": a.model, "sampling": a.sampling} for a in layer]
+                [
+                    {"model": a.model, "sampling": a.sampling, **({"solo": True} if a.solo else {})}
+                    for a in layer
+                ]
                 for layer in mixture.layers
             ],
             "defaults": settings.defaults,
@@ -415,9 +447,14 @@ def model_record(spec: ModelSpec) -> dict:
     """A model spec for a manifest, with the checksums its prepared checkpoint recorded."""
     from dataclasses import asdict
 
+    from moaa_cluster.engines.chat_template import system_mode
     from moaa_cluster.models.store import read_manifest
 
     rec = asdict(spec)
     stored = read_manifest(Path(spec.path)) if spec.path and Path(spec.path).exists() else None
     rec["checksums"] = stored["files"] if stored else None
+    try:  # how its system messages were sent: native, or folded into the first user turn
+        rec["system_messages"] = system_mode(spec)
+    except Exception as exc:  # a manifest must not fail a finished run
+        rec["system_messages"] = f"unknown ({type(exc).__name__}: {exc})"
     return rec

@@ -19,6 +19,14 @@ OWNED_ARGS = (
     "hub_model_id",
     "resume_from_checkpoint",
 )
+# TrainingArguments fields transformers 5 removed, and what replaces them. TRL would refuse
+# them with a TypeError only inside the Ray Train worker; the driver refuses them first.
+REMOVED_ARGS = {
+    "warmup_ratio": (
+        "transformers 5 removed it; set warmup_steps to a float in [0, 1) instead, which it "
+        "reads as a ratio of the total steps (warmup_ratio: 0.03 -> warmup_steps: 0.03)"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,9 @@ class TrainSettings:
         owned = sorted(set(self.args) & set(OWNED_ARGS))
         if owned:
             raise ConfigError(f"train.args must not set {owned}: the recipe sets them")
+        removed = sorted(set(self.args) & set(REMOVED_ARGS))
+        if removed:
+            raise ConfigError("; ".join(f"train.args.{k}: {REMOVED_ARGS[k]}" for k in removed))
         if self.per_device_batch_size < 1:
             raise ConfigError("per_device_batch_size must be >= 1")
         if self.effective_batch_size is not None and self.effective_batch_size < 1:
@@ -87,3 +98,37 @@ def grad_accumulation(effective: int | None, per_device: int, world_size: int) -
             f"{per_device} x {world_size} worker(s)"
         )
     return effective // step
+
+
+def trainer_args(
+    settings: TrainSettings, output_dir: str, *, world_size: int, use_cpu: bool
+) -> dict:
+    """The ``trl.SFTConfig`` / ``trl.DPOConfig`` fields of one worker: the recipe's ``args``
+    plus the ones the recipe owns.
+
+    Plain data, so the worker and the unit tests build the TRL config from the same dict.
+
+    Args:
+        settings: The run.
+        output_dir: The trainer's checkpoint directory.
+        world_size: Ray Train workers; sets the gradient accumulation for the effective batch.
+        use_cpu: Train on CPU (a worker without CUDA).
+
+    Raises:
+        ConfigError: if the effective batch does not divide over the workers.
+    """
+    return {
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 50,
+        "save_total_limit": 1,
+        **settings.args,
+        "output_dir": output_dir,
+        "per_device_train_batch_size": settings.per_device_batch_size,
+        "gradient_accumulation_steps": grad_accumulation(
+            settings.effective_batch_size, settings.per_device_batch_size, world_size
+        ),
+        "report_to": [],
+        "use_cpu": use_cpu,
+        "seed": settings.seed,
+    }

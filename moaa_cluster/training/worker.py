@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from moaa_cluster.training.settings import TrainSettings, grad_accumulation
+from moaa_cluster.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +60,6 @@ def peft_config(settings: TrainSettings):
     from peft import LoraConfig
 
     return LoraConfig(task_type="CAUSAL_LM", **settings.lora)
-
-
-def trainer_args(settings: TrainSettings, scratch: str) -> dict:
-    """TRL config fields: the user's ``args`` plus the ones the recipe owns."""
-    import ray.train
-    import torch
-
-    world = ray.train.get_context().get_world_size()
-    args = {
-        "logging_steps": 1,
-        "save_strategy": "steps",
-        "save_steps": 50,
-        "save_total_limit": 1,
-        **settings.args,
-        "output_dir": scratch,
-        "per_device_train_batch_size": settings.per_device_batch_size,
-        "gradient_accumulation_steps": grad_accumulation(
-            settings.effective_batch_size, settings.per_device_batch_size, world
-        ),
-        "report_to": [],
-        "use_cpu": not torch.cuda.is_available(),
-        "seed": settings.seed,
-    }
-    return args
 
 
 def resume_point() -> tuple[str | None, int, Path | None]:
@@ -189,9 +165,17 @@ def report_existing_export(local: Path) -> None:
     ray.train.report(metrics={"final": 1, "global_step": info["global_step"]}, checkpoint=ckpt)
 
 
-def run(config: dict, config_cls, trainer_cls) -> None:
-    """One worker's whole run with a TRL trainer: resume point, model, data, train, export."""
+def run(config: dict, make_config, trainer_cls) -> None:
+    """One worker's whole run with a TRL trainer: resume point, model, data, train, export.
+
+    Args:
+        config: ``TrainSettings`` as a dict (what Ray Train hands every worker).
+        make_config: The recipe's ``trl_config(settings, output_dir, *, world_size, use_cpu)``.
+        trainer_cls: The recipe's TRL trainer.
+    """
     import datasets
+    import ray.train
+    import torch
 
     settings = TrainSettings(**config)
     resume, resumed_from, finished = resume_point()
@@ -199,13 +183,21 @@ def run(config: dict, config_cls, trainer_cls) -> None:
         report_existing_export(finished)
         return
 
-    model, tokenizer = load_model_and_tokenizer(settings)
-    train = datasets.load_dataset("parquet", data_files=settings.data_file, split="train")
     with tempfile.TemporaryDirectory(prefix=f"moaa-{settings.kind}-") as scratch:
+        # before the model loads: a recipe TRL refuses fails in seconds, not after minutes of
+        # loading weights, and DeepSpeed ZeRO-3 needs its config to exist before from_pretrained
+        args = make_config(
+            settings,
+            scratch,
+            world_size=ray.train.get_context().get_world_size(),
+            use_cpu=not torch.cuda.is_available(),
+        )
+        model, tokenizer = load_model_and_tokenizer(settings)
+        train = datasets.load_dataset("parquet", data_files=settings.data_file, split="train")
         with quiet_stdout():
             trainer = trainer_cls(
                 model=model,
-                args=config_cls(**trainer_args(settings, scratch)),
+                args=args,
                 train_dataset=train,
                 processing_class=tokenizer,
                 peft_config=peft_config(settings),

@@ -50,6 +50,7 @@ def test_pipeline_end_to_end_then_skips_when_complete(tmp_path: Path, models_dir
         "prefs.limit=3",
         "prefs.num_candidates=4",  # round robin: 6 pairs, 12 judged orders per prompt
         "prefs.sampling.max_tokens=48",
+        "prefs.truncated=allow",  # at 48 tokens nearly every candidate is cut off
         "judge.sampling.max_tokens=64",
         "judge.verdict_sampling.max_tokens=96",
         "train_dpo.args.max_steps=2",

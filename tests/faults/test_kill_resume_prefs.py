@@ -35,6 +35,7 @@ def test_killed_prefs_resumes_without_loss_or_duplicates(tmp_path: Path, models_
         "judge.criteria_filtering=false",  # one call less per comparison: this is about resume
         "judge.sampling.max_tokens=48",
         "judge.verdict_sampling.max_tokens=64",
+        "truncated=allow",  # at 48 tokens nearly every candidate is cut off: judge them anyway
         "cluster.batch_size=2",  # prefs runs batch_size // 2 = 1 row per shard
         "cluster.workers=3",  # 3 rows in flight: the CPU engines batch them
         "progress=false",
@@ -63,7 +64,8 @@ def test_killed_prefs_resumes_without_loss_or_duplicates(tmp_path: Path, models_
     c = manifest["counts"]
     assert c["rows_resumed"] == len(before)
     assert c["rows_failed"] == 0 and c["rejects_input"] == 0
-    assert c["pairs"] + c["skipped_identical"] + c["skipped_no_preference"] == LIMIT
+    skips = ("identical", "no_preference", "all_truncated", "truncated_preferred")
+    assert c["pairs"] + sum(c[f"skipped_{k}"] for k in skips) == LIMIT
 
     # every prompt exactly once: as a pair in prefs.parquet or with its reason in rejects
     pairs = pq.read_table(run_dir / "prefs.parquet").to_pylist()

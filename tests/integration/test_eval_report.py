@@ -117,7 +117,12 @@ def test_eval_vs_gpt4_answers_then_report(tmp_path: Path, models_dir: Path):
         for c in cmps:
             assert len(c["criteria"]) == 3
             assert [k["model"] for k in c["critiques"]] == ["smollm2-135m-instruct"]
-            assert c["calls"] == 3 + (1 if c["parse"] in ("none", "both") else 0)
+            # criteria (once per pair, counted in the first order) + critique + verdict
+            # [+ recovery]
+            own = 3 if c["criteria_call"] else 2
+            assert c["calls"] == own + (1 if c["parse"] in ("none", "both") else 0)
+        assert [c["criteria_call"] for c in cmps] == [True, False]
+        assert cmps[0]["criteria"] == cmps[1]["criteria"]
         assert j["judge_comparisons"] == 2
         assert j["model_chars"] == sum(len(a) for a in _answer_texts(answers[j["source_id"]]))
         if j["turns"] == 2:  # judged on the full conversation: GPT-4's two turns, labelled

@@ -52,6 +52,9 @@ def prefs_run(run_prefs, tmp_path_factory):
             "sampling.max_tokens=64",
             "judge.sampling.max_tokens=96",
             "judge.verdict_sampling.max_tokens=128",
+            # at 64 tokens most candidates are cut off: judge them all (the default rule,
+            # never choosing a cut-off answer, is tested in the unit and rehearsal tests)
+            "truncated=allow",
         ],
     )
     return run_dir, manifest
@@ -61,15 +64,23 @@ def test_prefs_writes_trl_pairs_with_provenance(prefs_run):
     run_dir, manifest = prefs_run
     c = manifest["counts"]
     assert c["rows_failed"] == 0
-    assert c["pairs"] + c["skipped_identical"] + c["skipped_no_preference"] == 3
+    skips = ("identical", "no_preference", "all_truncated", "truncated_preferred")
+    skipped = sum(c[f"skipped_{k}"] for k in skips)
+    assert c["pairs"] + skipped == 3  # every instruction is a pair or a reject with its reason
     rejects = [json.loads(x) for x in (run_dir / "rejects.jsonl").read_text().splitlines() if x]
-    assert len(rejects) == c["skipped_identical"] + c["skipped_no_preference"]
+    assert len(rejects) == skipped
     rows = pq.read_table(run_dir / "prefs.parquet").to_pylist()
     assert len(rows) == c["pairs"]
-    judged = c["pairs"] + c["skipped_no_preference"]
+    # all-truncated sets are not judged: none of their candidates could be chosen
+    judged = c["pairs"] + c["skipped_no_preference"] + c["skipped_truncated_preferred"]
     assert c["judge"]["comparisons"] == judged * 3 * 2  # all 3 pairs of 3, both orders
-    # every comparison: criteria (K.2), 2 critiques (K.3), 1 verdict (K.4) [+ 1 recovery]
-    assert c["judge"]["calls"] == judged * 6 * 4 + c["judge"]["verdict_unparsed"]
+    # per pair: criteria (K.2) once for both orders; per order: 2 critiques (K.3), 1 verdict
+    # (K.4) [+ 1 recovery]
+    assert c["judge"]["calls"] == judged * (3 + 6 * 3) + c["judge"]["verdict_unparsed"]
+    # every cut-off candidate is flagged from its finish reason, and counted
+    assert c["candidates_truncated"] >= sum(sum(r["candidate_truncated"]) for r in rows)
+    for r in rows:
+        assert r["candidate_truncated"] == [f == "length" for f in r["candidate_finish_reasons"]]
     for r in rows:
         assert r["prompt"][-1]["role"] == "user"
         assert r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant"
@@ -78,6 +89,11 @@ def test_prefs_writes_trl_pairs_with_provenance(prefs_run):
         assert r["scores"][r["chosen_index"]] > r["scores"][r["rejected_index"]]
         detail = json.loads(r["judge"])
         assert len(detail["comparisons"]) == 6
+        by_pair: dict = {}
+        for cmp in detail["comparisons"]:
+            by_pair.setdefault(frozenset((cmp["a"], cmp["b"])), []).append(cmp["criteria"])
+        # both orders of a pair judge by the same criteria, chosen once
+        assert all(len(v) == 2 and v[0] == v[1] for v in by_pair.values())
         for cmp in detail["comparisons"]:
             assert len(cmp["criteria"]) == 3
             assert len(cmp["critiques"]) == 2

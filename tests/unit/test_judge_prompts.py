@@ -24,6 +24,8 @@ from moaa_cluster.judge.prompts import (
 )
 
 PAPER = Path(__file__).resolve().parents[2].parent / "shared" / "PAPER.md"
+# reference copies kept with the tests, so the byte checks run on every clone
+REFERENCES = Path(__file__).resolve().parent / "fixtures" / "paper_prompts"
 HEADINGS = {
     "K.2": "## K.2 Criteria filtering prompt",
     "K.3": "## K.3 Judge proposer prompt",
@@ -32,15 +34,20 @@ HEADINGS = {
 
 
 def _block(key: str) -> str:
+    return (REFERENCES / f"{key.replace('.', '')}.txt").read_bytes().decode("utf-8")
+
+
+@pytest.mark.parametrize("key", sorted(HEADINGS))
+def test_reference_copy_is_the_papers_text(key):
     if not PAPER.is_file():
-        pytest.skip(f"{PAPER} not present")
+        pytest.skip(f"{PAPER} not present: the reference copy stands for it")
     text = PAPER.read_text(encoding="utf-8")
     heading = HEADINGS[key]
     start = text.find(heading)
     assert start >= 0, f"heading {heading!r} not found in {PAPER}"
     match = re.compile(r"```[^\n]*\n(.*?)\n```", re.S).search(text, start + len(heading))
     assert match, f"no fenced code block after the {key} heading"
-    return match.group(1)
+    assert match.group(1) == _block(key)
 
 
 def _fields(template: str) -> set[str]:

@@ -6,11 +6,18 @@ import asyncio
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from moaa_cluster.engines.spec import ConfigError
 from moaa_cluster.moa.mixture import Agent, Mixture, run_row
-from moaa_cluster.pipeline.layered import PassWorker, _pass_schemas, layer_waves, plan_passes
+from moaa_cluster.pipeline.layered import (
+    PassWorker,
+    _pass_schemas,
+    layer_waves,
+    plan_passes,
+    run_layered,
+)
 from moaa_cluster.pipeline.synth import INPUT_SCHEMA, SHARD_SCHEMA, SynthSettings
 from tests.unit.test_mixture import FakeBackend
 
@@ -122,3 +129,187 @@ def test_passes_give_the_same_answers_prompts_and_seeds_as_one_resident_row(turn
     assert lcalls == calls  # same texts, prompts (recorded) and token counts
     for n in resident:  # same messages and sampling (seeds) sent to each model
         assert layered[n].received == resident[n].received
+
+
+# -- the context budget in the pass worker; shards from before `context` existed ---------------
+
+
+def _fake_fitter(max_model_len: int):
+    from moaa_cluster.moa.budget import ContextFitter
+
+    def count(messages):  # one character, one token
+        return sum(len(m["content"]) for m in messages)
+
+    return ContextFitter(max_model_len, count, len, lambda t, n: t[:n], marker="[cut]")
+
+
+def _one_pass(mixture, p, row, state, backends, fits):
+    pass_in, pass_out = _pass_schemas(SHARD_SCHEMA.field("calls").type.value_type, INPUT_SCHEMA)
+    settings = SynthSettings(defaults={"max_tokens": 16})
+    worker = PassWorker(mixture, {}, settings, p, pass_out, backends=backends, fits=fits)
+    batch = pa.Table.from_pylist([{**row, "state": json.dumps(state)}], schema=pass_in)
+
+    async def one():
+        return [t async for t in worker(batch)][0].to_pylist()[0]
+
+    return asyncio.run(one())
+
+
+def test_the_pass_worker_fits_the_aggregators_prompt_and_records_the_cut():
+    from moaa_cluster.moa.prompts import aggregate_system_prompt
+
+    m = mix(["p1", "p2"], ["agg"])
+    agg_pass = plan_passes(m, lambda keys: None, "layered", max_turns=1)[1]
+    row = {"id": "r1", "source": "s", "source_id": "1", "system": None, "turns": ["q"]}
+    state = {"t0_l0_a0": "a" * 400, "t0_l0_a1": "b" * 100}
+    k1 = len(aggregate_system_prompt(["", ""]))
+    backends = {"agg": FakeBackend("agg", [])}
+    budget = k1 + 1 + 300 + 16  # header, question, 300 tokens of proposals, max_tokens 16
+    out = _one_pass(m, agg_pass, row, state, backends, {"agg": _fake_fitter(budget)})
+    assert out["error"] is None
+    (call,) = out["calls"]
+    # 300 - the short proposal's 100 - one 5-token marker = 195 kept of the long one
+    assert json.loads(call["context"])["cut"] == [
+        {"what": "proposal", "seat": 0, "tokens": 400, "kept": 195}
+    ]
+    sent = backends["agg"].received[0][0]
+    assert sent[0]["content"] == aggregate_system_prompt(["a" * 195 + "[cut]", "b" * 100])
+
+
+def test_a_prompt_that_cannot_fit_fails_the_row_with_the_reason():
+    m = mix(["p1", "p2"], ["agg"])
+    agg_pass = plan_passes(m, lambda keys: None, "layered", max_turns=1)[1]
+    row = {"id": "r1", "source": "s", "source_id": "1", "system": None, "turns": ["q"]}
+    backends = {"agg": FakeBackend("agg", [])}
+    out = _one_pass(
+        m, agg_pass, row, {"t0_l0_a0": "x", "t0_l0_a1": "y"}, backends, {"agg": _fake_fitter(64)}
+    )
+    assert out["error"].startswith(
+        "ContextOverflow: turn 1, layer 2, seat 0: prompt too long for model (max_model_len 64)"
+    )
+    assert backends["agg"].received == []  # never sent
+
+
+OLD_CALL = pa.struct(
+    [f for f in SHARD_SCHEMA.field("calls").type.value_type if f.name != "context"]
+)
+
+
+def _old_call(turn: int, layer: int, seat: int, model: str) -> dict:
+    return {
+        "turn": turn,
+        "layer": layer,
+        "seat": seat,
+        "model": model,
+        "text": f"{model}-t{turn}",
+        "prompt_tokens": 5,
+        "completion_tokens": 2,
+        "finish_reason": "stop",
+        "seconds": 0.1,
+        "prompt": None,
+    }
+
+
+def _write_old_pass_shards(run_dir, mixture, passes, rows) -> None:
+    """Pass shards of ``rows`` as the code before ``context`` wrote them (every pass done)."""
+    from moaa_cluster.pipeline.stage import write_shard
+
+    _, old_out = _pass_schemas(OLD_CALL, INPUT_SCHEMA)
+    for p in passes:
+        models = {s: mixture.layers[p.layer][s].model for s in p.seats}
+        out = [
+            {
+                "id": r["id"],
+                "state": json.dumps({f"t0_l{p.layer}_a{s}": f"{models[s]}-t0" for s in p.seats}),
+                "calls": [_old_call(0, p.layer, s, models[s]) for s in p.seats],
+                "error": None,
+                "finished_at": 1.0,
+                "retries": 0,
+            }
+            for r in rows
+        ]
+        write_shard(run_dir / "passes" / p.name, pa.Table.from_pylist(out, schema=old_out))
+
+
+def _finished(row: dict, calls: list[dict]) -> dict:
+    return {
+        **row,
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}],
+        "calls": calls,
+        "error": None,
+        "finished_at": 1.0,
+        "retries": 0,
+    }
+
+
+def test_shards_written_before_the_context_field_still_resume_and_consolidate(tmp_path):
+    from moaa_cluster.pipeline.stage import finished_ids, write_shard
+    from moaa_cluster.pipeline.synth import summary_lines, write_outputs
+
+    m = mix(["p1", "p2"], ["agg"])
+    rows = [
+        {"id": f"r{i}", "source": "s", "source_id": str(i), "system": None, "turns": ["q"]}
+        for i in range(4)
+    ]
+    passes = plan_passes(m, lambda keys: None, "layered", max_turns=1)
+    # a layered run of r0, r1 killed after its passes, and a resident run's shard of r2, both
+    # written before `context` existed
+    _write_old_pass_shards(tmp_path, m, passes, rows[:2])
+    old_shard = pa.schema(
+        [(f.name, pa.list_(OLD_CALL) if f.name == "calls" else f.type) for f in SHARD_SCHEMA]
+    )
+    old_row = _finished(rows[2], [_old_call(0, 0, 0, "p1")])
+    write_shard(tmp_path, pa.Table.from_pylist([old_row], schema=old_shard))
+    assert finished_ids(tmp_path) == {"r2"}
+    # the new code resumes the layered run: every pass is done, so no engine is started
+    run_layered(
+        rows[:2],
+        m,
+        {},
+        SynthSettings(),
+        tmp_path,
+        passes,
+        host=None,
+        input_schema=INPUT_SCHEMA,
+        shard_schema=SHARD_SCHEMA,
+        progress=False,
+    )
+    # and a new shard with a cut call
+    cut_call = {**_old_call(0, 1, 0, "agg"), "context": '{"cut": [], "budget": 8}'}
+    new_row = _finished(rows[3], [cut_call])
+    write_shard(tmp_path, pa.Table.from_pylist([new_row], schema=SHARD_SCHEMA))
+
+    assert finished_ids(tmp_path) == {"r0", "r1", "r2", "r3"}
+    counts = write_outputs(tmp_path, m, [])
+    assert counts["rows_ok"] == 4 and counts["rows_failed"] == 0
+    assert counts["calls_with_cut_context"] == 1 and counts["rows_with_cut_context"] == 1
+    assert "context: 1 calls in 1 rows had carried answers shortened" in "\n".join(
+        summary_lines(counts, {}, tmp_path)
+    )
+    by_id = {r["id"]: r for r in pq.read_table(tmp_path / "sft.parquet").to_pylist()}
+    assert [c["context"] for c in by_id["r0"]["calls"]] == [None, None, None]
+    assert [c["text"] for c in by_id["r0"]["calls"]] == ["p1-t0", "p2-t0", "agg-t0"]
+    assert by_id["r0"]["messages"][-1] == {"role": "assistant", "content": "agg-t0"}
+    assert by_id["r2"]["calls"][0]["context"] is None
+    assert by_id["r3"]["calls"][0]["context"] == cut_call["context"]
+
+
+def test_rows_that_cannot_fit_are_counted_and_said_in_the_summary(tmp_path):
+    from moaa_cluster.pipeline.stage import write_shard
+    from moaa_cluster.pipeline.synth import summary_lines, write_outputs
+
+    row = {"id": "r0", "source": "s", "source_id": "0", "system": None, "turns": ["q"]}
+    failed = {
+        **_finished(row, []),
+        "messages": [],
+        "error": "ContextOverflow: turn 1, layer 2, seat 0: prompt too long for agg",
+    }
+    write_shard(tmp_path, pa.Table.from_pylist([failed], schema=SHARD_SCHEMA))
+    counts = write_outputs(tmp_path, mix(["p1"], ["agg"]), [])
+    assert (counts["rows_failed"], counts["rows_failed_context"]) == (1, 1)
+    assert counts["calls_with_cut_context"] == 0
+    text = "\n".join(summary_lines(counts, {}, tmp_path))
+    assert "1 of them cannot fit a model's max_model_len" in text
+    assert "carried answers shortened" not in text
+    reject = json.loads((tmp_path / "rejects.jsonl").read_text())
+    assert reject["stage"] == "inference" and reject["reason"] == failed["error"]

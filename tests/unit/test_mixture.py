@@ -355,6 +355,8 @@ def test_run_row_calls_records():
         "finish_reason": "stop",
         "seconds": 0.001,
         "prompt": None,
+        "context": None,  # no fitter: nothing shortened
+        "system_folded": False,
     }
     assert [c["text"] for c in calls] == ["p1#1", "p2#1", "agg#1", "p1#2", "p2#2", "agg#2"]
 
@@ -429,3 +431,90 @@ def test_run_row_record_prompts():
     ]
     agg_t0 = json.loads(calls[2]["prompt"])
     assert agg_t0[0]["content"] == "Sys\n\n" + aggregate_system_prompt(["p1#1", "p2#1"])
+
+
+# -- the context budget on the call path ---------------------------------------------------
+
+
+class ScriptedBackend(FakeBackend):
+    """A fake engine whose answers are given texts (one per call, in order)."""
+
+    def __init__(self, name: str, texts: list[str]):
+        super().__init__(name, [])
+        self.texts = list(texts)
+
+    async def chat(self, messages: list[dict], sampling: dict) -> Completion:
+        await super().chat(messages, sampling)
+        return Completion(self.texts.pop(0), 0, 0, "length", self.name)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from tests.unit.test_budget import SMOLLM2
+
+    if not (SMOLLM2 / "tokenizer.json").exists():
+        pytest.skip(f"{SMOLLM2} not prepared (make models)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(SMOLLM2), local_files_only=True)
+
+
+def test_run_row_fits_four_2048_token_proposals_into_the_aggregators_8192(smollm2):
+    from moaa_cluster.moa.budget import MARKER, tokenizer_fitter
+    from tests.unit.test_budget import answer_of, engine_count
+
+    proposers = [f"p{i}" for i in range(4)]
+    m = Mixture(layers=(tuple(Agent(p) for p in proposers), (Agent("agg"),)))
+    long = {
+        n: [answer_of(smollm2, 2048, 2 * i + t) for t in range(2)] for i, n in enumerate(proposers)
+    }
+    long["agg"] = [answer_of(smollm2, 2048, 9), "agg#2"]
+    backends = {n: ScriptedBackend(n, texts) for n, texts in long.items()}
+    fitter = tokenizer_fitter(smollm2, 8192, name="agg-model")
+    row = {"id": "r", "turns": ["Compare lists and tuples.", "Now in one sentence."]}
+    _, calls = _run(
+        m,
+        row,
+        backends,
+        defaults={"max_tokens": 2048},
+        record_prompts=True,
+        fits={n: fitter for n in [*proposers, "agg"]},
+    )
+    agg_calls = [c for c in calls if c["model"] == "agg"]
+    for turn, (messages, sampling) in enumerate(backends["agg"].received):
+        sent = engine_count(smollm2, messages)
+        assert sent + sampling["max_tokens"] <= 8192  # fits, counted as the engine counts
+        assert json.loads(agg_calls[turn]["prompt"]) == messages  # provenance = what was sent
+        context = json.loads(agg_calls[turn]["context"])
+        assert context["budget"] == 8192 and context["max_tokens"] == 2048
+        assert context["prompt_tokens"] == sent
+        cuts = context["cut"]
+        assert [(c["what"], c["seat"], c["tokens"]) for c in cuts] == [
+            ("proposal", s, fitter.count_tokens(long[f"p{s}"][turn])) for s in range(4)
+        ]
+        assert max(c["kept"] for c in cuts) - min(c["kept"] for c in cuts) <= 1
+        assert messages[0]["content"].count(MARKER) == 4
+    # turn 2 carries the aggregator's whole 2048-token answer: a quarter of it (and of the
+    # second question and the turn's template tokens) comes off each proposal's share
+    first, second = (json.loads(c["context"])["cut"][0]["kept"] for c in agg_calls)
+    assert 2048 // 4 <= first - second <= 2048 // 4 + 16
+    assert backends["agg"].received[1][0][2] == {"role": "assistant", "content": long["agg"][0]}
+    # the proposers' prompts fit as they are: nothing cut, nothing recorded
+    assert all(c["context"] is None for c in calls if c["model"] != "agg")
+
+
+def test_run_row_fails_with_the_step_when_nothing_can_fit():
+    from moaa_cluster.moa.budget import ContextFitter, ContextOverflow
+
+    def count(messages):
+        return sum(len(m["content"]) for m in messages)
+
+    m = two_layer()
+    backends, _ = _backends()
+    tiny = ContextFitter(40, count, len, lambda t, n: t[:n], name="agg-model")
+    with pytest.raises(
+        ContextOverflow,
+        match=r"^turn 1, layer 2, seat 0: prompt too long for agg-model \(max_model_len 40\)",
+    ):
+        _run(m, {"id": "r", "turns": ["q0"]}, backends, fits={"agg": tiny})
+    assert len(backends["p1"].received) == 1 and backends["agg"].received == []

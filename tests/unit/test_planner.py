@@ -217,10 +217,11 @@ def test_prefs_workload_counts_the_paper_judge_calls(stage2):
         for step in phase.steps:
             for seat in step.seats:
                 calls[seat.model] = calls.get(seat.model, 0) + seat.calls * phase.repeats
-    # 5 candidates: 10 pairs x 2 orders = 20 comparisons, each 1 criteria + 3 critiques + verdict
+    # 5 candidates: 10 pairs x 2 orders = 20 comparisons, each 3 critiques + a verdict, and
+    # one criteria call per pair, shared by its two orders
     assert calls == {
         "sampler": 5,
-        "qwen2_72b_instruct": 60,  # criteria + critique + verdict
+        "qwen2_72b_instruct": 50,  # 10 criteria + 20 critiques + 20 verdicts
         "gemma_2_27b_it": 20,
         "llama_3_1_70b_instruct": 20,
     }

@@ -15,19 +15,25 @@ from moaa_cluster.moa.prompts import (
 )
 
 PAPER = Path(__file__).resolve().parents[2].parent / "shared" / "PAPER.md"
+# the reference copy kept with the tests, so the byte check runs on every clone
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "paper_prompts" / "K1.txt"
 HEADING = "## K.1 Aggregate-and-Synthesize prompt"
 HEADER_END = "Responses from models:"
 
 
 def _k1_block() -> str:
+    return REFERENCE.read_bytes().decode("utf-8")
+
+
+def test_reference_copy_is_the_papers_text():
     if not PAPER.is_file():
-        pytest.skip(f"{PAPER} not present")
+        pytest.skip(f"{PAPER} not present: the reference copy stands for it")
     text = PAPER.read_text(encoding="utf-8")
     start = text.find(HEADING)
     assert start >= 0, f"heading {HEADING!r} not found in {PAPER}"
     match = re.compile(r"```[^\n]*\n(.*?)\n```", re.S).search(text, start + len(HEADING))
     assert match, "no fenced code block after the K.1 heading"
-    return match.group(1)
+    assert match.group(1) == _k1_block()
 
 
 def test_template_matches_paper_byte_for_byte():

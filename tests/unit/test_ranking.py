@@ -82,6 +82,26 @@ def test_select_pair_none_without_strict_preference(values):
     assert select_pair(values) is None
 
 
+@pytest.mark.parametrize(
+    ("values", "eligible", "expected"),
+    [
+        ([1.0, 3.0, 0.0, 2.0], [True] * 4, (1, 2)),  # all eligible: as without flags
+        ([1.0, 3.0, 0.0, 2.0], [True, False, True, True], (3, 2)),  # best cut off: next best
+        ([1.0, 3.0, 0.0, 2.0], [True, True, False, True], (1, 2)),  # cut off, still rejected
+        ([3.0, 3.0, 0.0, 2.0], [False, True, True, True], (1, 2)),  # tie-break among eligible
+        ([1.0, 3.0, 1.0], [True, False, True], None),  # only an ineligible one above the worst
+        ([1.0, 3.0, 0.0], [False, False, False], None),  # nothing may be chosen
+    ],
+)
+def test_select_pair_never_chooses_an_ineligible_candidate(values, eligible, expected):
+    assert select_pair(values, eligible) == expected
+
+
+def test_select_pair_eligibility_needs_one_flag_per_candidate():
+    with pytest.raises(ValueError, match="2 eligibility flags for 3 candidates"):
+        select_pair([1.0, 2.0, 3.0], [True, True])
+
+
 # --- plans ---------------------------------------------------------------------------------------
 
 
@@ -270,3 +290,18 @@ def test_noisy_comparator_produces_ties():
         judge(i, j).outcome for i, j in itertools.combinations(range(5), 2) for _ in range(5)
     ]
     assert TIE in outcomes and UNRESOLVED in outcomes
+
+
+def test_plans_never_choose_an_ineligible_candidate():
+    quality = [2, 4, 0, 3, 1]  # candidate 1 is best, 2 worst
+    rr, ko = RoundRobin(5), Knockout(5)
+    drive(rr, truth_comparator(quality))
+    drive(ko, truth_comparator(quality))
+    cut = [True, False, True, True, True]  # the best is cut off
+    assert rr.result() == ko.result() == (1, 2)
+    assert rr.result(cut) == (3, 2)  # the next best by score
+    assert ko.result(cut) is None  # the brackets know only the champion: no runner-up
+    worst_cut = [True, True, False, True, True]
+    assert rr.result(worst_cut) == ko.result(worst_cut) == (1, 2)  # may still be rejected
+    with pytest.raises(ValueError):
+        ko.result([True])

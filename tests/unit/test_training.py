@@ -177,6 +177,75 @@ def test_data_errors_are_config_errors(tmp_path):
         train_data.prepare("sft", _jsonl(tmp_path / "y.jsonl", [{"messages": []}]))
 
 
+def test_training_data_bad_lines_are_rejects_not_crashes(tmp_path):
+    """Issue #13: a malformed line used to raise and kill training."""
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    line = json.dumps(good).encode()
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(
+        b"3\n"  # 0: not an object (first: no longer a file-level error)
+        + b"\xef\xbb\xbf"
+        + line
+        + b"\r\n"  # 1: BOM + CRLF: fine
+        + b'{"messages": [\n'  # 2: malformed JSON
+        + b"\n"  # blank: not a record
+        + b'{"messages": "\xff"}\n'  # 3: invalid UTF-8
+        + b'{"messages": [{"role": ["user"], "content": "x"}]}\n'  # 4: unhashable role
+        + b'{"id": "s", "messages": [{"role": "user", "content": "\\ud800"}]}\n'  # 5
+        + line
+        + b"\n"  # 6: fine
+    )
+    rows, rejects = train_data.prepare("sft", path)
+    assert rows == [good, good]
+    assert [(r["index"], r["where"]) for r in rejects] == [
+        (0, "d.jsonl:1"),
+        (2, "d.jsonl:3"),
+        (3, "d.jsonl:5"),
+        (4, "d.jsonl:6"),
+        (5, "d.jsonl:7"),
+    ]
+    reasons = [r["reason"] for r in rejects]
+    assert reasons[0] == "record is not an object"
+    assert reasons[1].startswith("malformed JSON")
+    assert reasons[2] == "invalid UTF-8 at byte 14"
+    assert "needs a role" in reasons[3]
+    assert reasons[4] == "unencodable text (lone surrogate U+D800) in messages[0].content at char 0"
+    assert rejects[4]["id"] == "s", "the id of a parsed record is kept"
+    train_data.write(rows, tmp_path / "train_data.parquet")
+    assert pq.read_table(tmp_path / "train_data.parquet").to_pylist() == rows
+
+
+def test_training_data_unexpected_error_rejects_only_its_record(tmp_path, monkeypatch):
+    real = train_data._sft_row
+
+    def flaky(rec):
+        if rec.get("id") == "boom":
+            raise KeyError("bug")
+        return real(rec)
+
+    monkeypatch.setattr(train_data, "_sft_row", flaky)
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    rows, rejects = train_data.prepare(
+        "sft", _jsonl(tmp_path / "d.jsonl", [{**good, "id": "boom"}, good])
+    )
+    assert rows == [good]
+    assert rejects == [
+        {"index": 0, "where": "d.jsonl:1", "id": "boom", "reason": "KeyError: 'bug'"}
+    ]
+
+
+def test_training_data_json_parquet_and_unreadable_files(tmp_path):
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    as_json = tmp_path / "d.json"
+    as_json.write_bytes(b"\xef\xbb\xbf" + json.dumps([good, {"messages": 1}]).encode())
+    rows, rejects = train_data.prepare("sft", as_json)
+    assert rows == [good] and [r["where"] for r in rejects] == ["d.json[1]"]
+    broken = tmp_path / "e.parquet"
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(ConfigError, match="e.parquet"):
+        train_data.prepare("sft", broken)
+
+
 @pytest.mark.parametrize(
     ("experiment", "expected"),
     [
@@ -198,4 +267,18 @@ def test_self_improvement_trains_the_small_mixtures_strongest_model(compose):
     aggregator = parts.mixture.layers[-1][0].model
     assert parts.base.name == cfg.mixture.models[aggregator].name  # the teacher-in-chief
     assert parts.sft_settings.args["num_train_epochs"] == 5  # the paper's Gemma SFT
-    assert parts.dpo_settings.args["learning_rate"] == 3.0e-7
+    # Table 4 is SFT only: no stage 2, so no larger model supervises the data
+    assert parts.stages == ("synth", "sft", "eval")
+    assert parts.synth_specs.keys() == {
+        "gemma_2_9b_it",
+        "llama_3_1_8b_instruct",
+        "mistral_7b_instruct_v0_3",
+    }
+
+
+def test_self_improvement_dpo_adds_the_papers_stage_2(compose):
+    cfg = compose("pipeline", ["models_dir=/m", "+experiment=self_improvement_dpo"])
+    parts = build.pipeline(cfg)
+    assert parts.stages == ("synth", "sft", "prefs", "dpo", "eval")
+    assert parts.dpo_settings.args["learning_rate"] == 3.0e-7  # the paper's Gemma DPO
+    assert parts.prefs_limit is None  # every instruction of ultrafeedback_6k
