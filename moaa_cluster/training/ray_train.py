@@ -59,6 +59,32 @@ def _loops():
     return {"sft": sft.train_loop, "dpo": dpo.train_loop}
 
 
+def check_recipe(kind: str, settings: TrainSettings, scaling: Scaling) -> None:
+    """Builds the recipe's TRL config once in the driver, before Ray Train starts workers.
+
+    A key or value TRL refuses then fails the command in seconds with one line, instead of
+    failing every worker (and every retry) after the cluster was allocated. A refusal that
+    depends on the device (bf16 or tf32 on a driver without the workers' GPUs) is left to
+    the workers, which build the same config on their own devices.
+
+    Raises:
+        ConfigError: The reason TRL gave.
+    """
+    import tempfile
+
+    from moaa_cluster.training import dpo, sft
+
+    build = {"sft": sft.trl_config, "dpo": dpo.trl_config}[kind]
+    with tempfile.TemporaryDirectory() as out:
+        try:
+            build(settings, out, world_size=scaling.num_workers, use_cpu=not scaling.use_gpu)
+        except TypeError as exc:
+            raise ConfigError(f"train recipe ({kind}): TRL refuses it: {exc}") from None
+        except ValueError as exc:
+            if not any(w in str(exc).lower() for w in ("gpu", "cuda")):
+                raise ConfigError(f"train recipe ({kind}): TRL refuses it: {exc}") from None
+
+
 def _copy_export(checkpoint_dir: Path, run_dir: Path) -> dict:
     """Moves the exported model into ``run_dir/model`` (atomically) and returns its info."""
     src = checkpoint_dir / EXPORT_DIR
@@ -122,6 +148,7 @@ def fit(
     settings = replace(settings, data_file=str(data_file))
     log.info("%s: %d rows to train on, %d rejected (%s)", kind, len(rows), len(rejects), data_path)
 
+    check_recipe(kind, settings, scaling)
     runtime.init_ray(cluster)
     resources = {"CPU": scaling.cpus_per_worker}
     trainer = TorchTrainer(

@@ -215,3 +215,19 @@ def test_the_worker_builds_the_config_with_the_recipes_trl_config(monkeypatch, k
     module.train_loop({})
     assert seen["m"] is module.trl_config
     assert seen["t"] is getattr(trl, f"{kind.upper()}Trainer")
+
+
+def test_the_driver_refuses_a_bad_recipe_before_ray_train_starts():
+    from moaa_cluster.training.ray_train import Scaling, check_recipe
+
+    def settings(kind: str, **args) -> TrainSettings:
+        return TrainSettings(kind=kind, base_model="/m", data_file="", args=args)
+
+    cpu = Scaling(num_workers=1, use_gpu=False)
+    check_recipe("sft", settings("sft", learning_rate=1e-5, max_length=256), cpu)
+    with pytest.raises(ConfigError, match=r"train recipe \(sft\): TRL refuses it: .*no_such_key"):
+        check_recipe("sft", settings("sft", no_such_key=1), cpu)
+    with pytest.raises(ConfigError, match=r"train recipe \(dpo\): TRL refuses it"):
+        check_recipe("dpo", settings("dpo", fp16=True, bf16=True), cpu)
+    # bf16 for GPU workers, checked from a driver without a GPU: the workers decide
+    check_recipe("dpo", settings("dpo", bf16=True), Scaling(num_workers=1, use_gpu=True))
