@@ -19,7 +19,8 @@ TASKS = {
     "sample": "N candidate answers per prompt from any model (e.g. an SFT checkpoint)",
     "prefs": "stage 2: sample N candidates, rank them with the MoA judge, write DPO pairs",
     "judge-eval": "accuracy / position consistency / parse failures of MoA and single judges",
-    "derive": "ablation datasets from a synth run: single teacher, Combined-N, Random-N",
+    "derive": "ablation datasets from a synth run: single teacher, Combined-N, Random-N, "
+    "Best-of-N (`moaa derive RUN_DIR best-of-n --reward-model X`: a reward model on vLLM)",
     "plan": "placement plan (TP, resident sets, layer by layer) + GPU-hours; starts nothing",
     "eval": "pairwise win rate of a model vs a baseline (answers file or model), local judge",
     "report": "markdown report with plots and a cost table of a run dir (`moaa report RUN_DIR`)",
@@ -410,6 +411,10 @@ def _models(argv: list[str]) -> int:
 
 
 def _derive(argv: list[str]) -> int:
+    if argv[1:2] == ["best-of-n"]:  # scored by a reward model, unlike the other kinds
+        from moaa_cluster.pipeline.best_of_n import main as best_of_n
+
+        return best_of_n([argv[0], *argv[2:]])
     from moaa_cluster.pipeline.derive import main
 
     return main(argv)

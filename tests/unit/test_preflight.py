@@ -475,6 +475,7 @@ CPU_REFUSAL = (
 FITS_A_CPU_ENGINE = {
     "model/llama_3_1_8b_instruct.yaml (model alone)",
     "model/mistral_7b_instruct_v0_3.yaml (model alone)",
+    "model/skywork_reward_llama_3_1_8b.yaml (model alone)",  # an 8B Llama, as above
 }
 GPU_ENGINE_COMMANDS = [c for c in COMMANDS if _engine_task(c) and _gpu_target(c)]
 

@@ -1,0 +1,539 @@
+"""Best-of-N baseline of the paper's Table 3: a reward model picks each instruction's answer.
+
+The candidates are the layer-0 answers a synth run already stored as provenance
+(``sft.parquet``'s ``calls``), the same teachers ``moaa derive`` uses for single / Combined-N /
+Random-N, a ``solo`` seat (the aggregator model answering alone) included. Each candidate's
+whole conversation (the row's system message and user turns, with the candidate's own answer
+in every assistant turn) is rendered with the reward model's chat template and scored by
+vLLM in its pooling runner (``classify``: in vLLM 0.32 a reward model is a sequence
+classifier with one output; ``reward`` and ``score`` as task names were removed). Scoring
+is a ``ray.data.llm`` processor: Best-of-N has no per-row dependencies, so the library's
+batched offline inference fits it as it is.
+
+Rules (ours; the paper names the reward model, ArmoRM-Llama3-8B, and nothing else):
+  * the score is the reward head's raw output (``use_activation=False``): a sigmoid would
+    squash the large logits of real reward models into float ties at 1.0;
+  * the highest score wins; equal scores go to the lowest seat (the mixture's layer order),
+    so the pick never depends on the order results come back in;
+  * a candidate that stopped on ``finish_reason: length`` in any turn is scored and recorded
+    but not chosen (``truncated="exclude"``, as stage 2 never chooses one); a row whose every
+    candidate was cut is a reject;
+  * a row with any candidate that could not be scored (a template that does not render, a
+    conversation longer than the reward model's context, an engine error, a non-finite
+    score) is a reject with the reasons: its best of fewer than N is not Best-of-N.
+
+Output: ``<run_dir>/ablations/best-of-n-<reward model name>.parquet`` with derive's columns
+(``id, source, messages, teacher``) plus ``reward_model``, ``score`` and ``candidates`` (each
+candidate's ``teacher, seat, score, truncated``), and ``...rejects.jsonl`` beside it.
+
+    moaa derive RUN_DIR best-of-n RUN_DIR --reward-model smollm2_135m_reward
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from moaa_cluster.engines.spec import ConfigError, ModelSpec
+
+log = logging.getLogger(__name__)
+
+KIND = "best-of-n"
+# the Ray Data LLM task type (ray.llm._internal.batch.constants.vLLMTaskType) that starts vLLM
+# with runner=pooling, convert=classify and sends PoolingParams(task="classify"); its "score"
+# type would send task "score" and convert "reward", both removed in vLLM 0.32
+POOLING_TASK = "classify"
+TRUNCATED_RULES = ("exclude", "allow")
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One teacher's answers to one instruction, as a conversation the reward model scores.
+
+    Attributes:
+        index: Position among the row's candidates (seat order).
+        seat: The layer-0 seat that answered.
+        teacher: Its model name; ``model#seat`` when the model sits twice (derive's naming).
+        messages: System message (if any), then user turns with this teacher's answers.
+        truncated: Some turn of its answer stopped on ``finish_reason: length``.
+    """
+
+    index: int
+    seat: int
+    teacher: str
+    messages: list[dict]
+    truncated: bool
+
+
+def candidates(row: dict, layer: int = 0) -> list[Candidate]:
+    """Every seat of ``layer`` in a synth row, solo seats included, as scorable conversations.
+
+    Raises:
+        ValueError: A seat has no answer for one of the row's turns, or the layer has no seat.
+    """
+    seats: dict[int, dict[int, dict]] = {}
+    for call in row["calls"]:
+        if call["layer"] == layer:
+            seats.setdefault(call["seat"], {})[call["turn"]] = call
+    if not seats:
+        raise ValueError(f"row {row['id']}: no layer-{layer} answers in its provenance")
+    user_turns = [m["content"] for m in row["messages"] if m["role"] == "user"]
+    system = [dict(m) for m in row["messages"][:1] if m["role"] == "system"]
+    out: list[Candidate] = []
+    names: set[str] = set()
+    for index, (seat, by_turn) in enumerate(sorted(seats.items())):
+        messages = list(system)
+        for t, question in enumerate(user_turns):
+            if t not in by_turn:
+                raise ValueError(
+                    f"row {row['id']}: seat {seat} of layer {layer} has no answer for turn {t + 1}"
+                )
+            messages.append({"role": "user", "content": question})
+            messages.append({"role": "assistant", "content": by_turn[t]["text"]})
+        model = by_turn[0]["model"]
+        teacher = model if model not in names else f"{model}#{seat}"
+        names.add(teacher)
+        truncated = any(c.get("finish_reason") == "length" for c in by_turn.values())
+        out.append(Candidate(index, seat, teacher, messages, truncated))
+    return out
+
+
+def pick(
+    cands: list[Candidate], scores: list[float], truncated: str = "exclude"
+) -> Candidate | None:
+    """The best candidate: highest score, the lowest seat among equals.
+
+    With ``truncated="exclude"`` a truncated candidate is never picked; ``None`` when no
+    candidate may be picked.
+    """
+    if truncated not in TRUNCATED_RULES:
+        raise ValueError(f"truncated must be one of {TRUNCATED_RULES}, got {truncated!r}")
+    eligible = [
+        (score, c)
+        for c, score in zip(cands, scores, strict=True)
+        if truncated == "allow" or not c.truncated
+    ]
+    if not eligible:
+        return None
+    # max over (score, -seat): the first key decides, the lower seat wins a tie
+    return max(eligible, key=lambda sc: (sc[0], -sc[1].seat))[1]
+
+
+def assemble(
+    rows: list[dict],
+    scored: dict[tuple[str, int], tuple[float | None, str | None]],
+    reward_model: str,
+    layer: int = 0,
+    truncated: str = "exclude",
+) -> tuple[list[dict], list[dict]]:
+    """The Best-of-N SFT rows and the rejects, in input order; every input row ends in one.
+
+    Args:
+        rows: Synth rows (``id, source, messages, calls``).
+        scored: ``(row id, candidate index) -> (score, None)`` or ``(None, reason)``.
+        reward_model: The reward model's name, written into every row.
+        layer: The proposer layer whose answers are the candidates.
+        truncated: ``exclude`` (default) or ``allow`` truncated candidates as the pick.
+    """
+    out, rejects = [], []
+    for row in rows:
+
+        def reject(reason: str, table: list[dict] | None = None, row=row) -> None:
+            rejects.append(
+                {
+                    "id": row["id"],
+                    "source": row.get("source"),
+                    "stage": KIND,
+                    "reason": reason,
+                    "candidates": table,
+                }
+            )
+
+        try:
+            cands = candidates(row, layer)
+        except ValueError as exc:
+            reject(str(exc))
+            continue
+        results = [scored.get((row["id"], c.index), (None, "no score came back")) for c in cands]
+        table = [
+            {"teacher": c.teacher, "seat": c.seat, "score": s, "truncated": c.truncated}
+            for c, (s, _) in zip(cands, results, strict=True)
+        ]
+        failed = [
+            f"{c.teacher} (seat {c.seat}): {err or 'score is not finite'}"
+            for c, (s, err) in zip(cands, results, strict=True)
+            if err is not None or s is None or not math.isfinite(s)
+        ]
+        if failed:
+            reject(
+                f"{len(failed)} of {len(cands)} candidates not scored: " + "; ".join(failed), table
+            )
+            continue
+        best = pick(cands, [s for s, _ in results], truncated)
+        if best is None:
+            reject(
+                f"all {len(cands)} candidates stopped at max_tokens (finish_reason: length)", table
+            )
+            continue
+        out.append(
+            {
+                "id": row["id"],
+                "source": row["source"],
+                "messages": best.messages,
+                "teacher": best.teacher,
+                "reward_model": reward_model,
+                "score": results[best.index][0],
+                "candidates": table,
+            }
+        )
+    return out, rejects
+
+
+def requests(rows: list[dict], layer: int = 0) -> list[dict]:
+    """One scoring request per candidate (``id, index, messages`` as JSON text).
+
+    Rows whose candidates cannot be built are left out here; :func:`assemble` rejects them.
+    """
+    out = []
+    for row in rows:
+        try:
+            cands = candidates(row, layer)
+        except ValueError:
+            continue
+        for c in cands:
+            out.append({"id": row["id"], "index": c.index, "messages": json.dumps(c.messages)})
+    return out
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+def load_reward_spec(
+    name_or_path: str, models_dir: str | Path | None = None, cluster: str = "local"
+) -> ModelSpec:
+    """A reward model's spec from ``conf/model/<name>.yaml`` (or a YAML path), resolved for
+    ``cluster`` (``conf/cluster/<cluster>.yaml``) and checked to be a pooling model.
+
+    Raises:
+        ConfigError: No such file, a spec that cannot run, or a model not configured for
+            vLLM's pooling runner.
+    """
+    from omegaconf import OmegaConf
+
+    from moaa_cluster.engines.spec import spec_from_dict
+
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONF_DIR / "model" / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ConfigError(f"reward model config not found: {path}")
+    cluster_path = CONF_DIR / "cluster" / f"{cluster}.yaml"
+    if not cluster_path.exists():
+        raise ConfigError(f"cluster config not found: {cluster_path}")
+    models_dir = models_dir or os.environ.get(
+        "MOAA_MODELS_DIR", str(Path.home() / ".cache" / "moaa-cluster" / "models")
+    )
+    root = OmegaConf.create(
+        {
+            "models_dir": str(models_dir),
+            "cluster": OmegaConf.load(cluster_path),
+            "model": OmegaConf.load(path),
+        }
+    )
+    spec = spec_from_dict(path.stem, OmegaConf.to_container(root, resolve=True)["model"])
+    spec.validate()
+    if spec.backend != "vllm":
+        raise ConfigError(f"reward model {spec.name}: Best-of-N scores through vLLM only")
+    if spec.engine_kwargs.get("runner") != "pooling":
+        raise ConfigError(
+            f"model {spec.name} is not configured as a reward model: its engine_kwargs need "
+            "`runner: pooling` (vLLM's pooling runner; a generative model would be loaded to "
+            "generate text)"
+        )
+    return spec
+
+
+def _template_text(spec: ModelSpec) -> str | None:
+    """The chat template the reward model's engine would use instead of its tokenizer's."""
+    template = spec.engine_kwargs.get("chat_template") or spec.chat_template
+    if template and Path(os.path.expanduser(template)).is_file():
+        return Path(os.path.expanduser(template)).read_text(encoding="utf-8")
+    return template or None
+
+
+@functools.cache
+def _tokenizer(path: str, trust_remote_code: bool):
+    # cached per Ray worker process: a render task loads the tokenizer once, not per row
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+
+
+def render(
+    row: dict,
+    *,
+    tokenizer_path: str,
+    chat_template: str | None,
+    fold: bool,
+    max_len: int,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Adds the reward model's token ids for one request, or ``render_error``.
+
+    The whole conversation goes through the reward model's own chat template with no
+    generation prompt (the answer is finished, as reward models are trained). Tokenized
+    without adding special tokens: the template writes the BOS its model wants, and a second
+    one (Llama-3's ``<|begin_of_text|>`` twice) shifts what the reward head sees.
+    """
+    from moaa_cluster.engines.chat_template import fold_system
+
+    out = {**row, "tokenized_prompt": [], "render_error": ""}
+    try:
+        messages = json.loads(row["messages"])
+        if fold:
+            messages = fold_system(messages)
+        tok = _tokenizer(tokenizer_path, trust_remote_code)
+        text = tok.apply_chat_template(
+            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=False
+        )
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        if len(ids) > max_len:
+            out["render_error"] = (
+                f"conversation has {len(ids)} tokens > the reward model's max_model_len {max_len}"
+            )
+        else:
+            out["tokenized_prompt"] = ids
+    except Exception as exc:  # a request can fail only itself
+        out["render_error"] = f"chat template: {type(exc).__name__}: {exc}"[:500]
+    return out
+
+
+def _to_engine(row: dict) -> dict:
+    # raw reward-head output; see the module docstring
+    return {
+        "tokenized_prompt": row["tokenized_prompt"],
+        "pooling_params": {"use_activation": False},
+    }
+
+
+def _from_engine(row: dict) -> dict:
+    error = row.get("__inference_error__") or None
+    score = None
+    if error is None:
+        values = [float(v) for v in list(row["embeddings"])]
+        if len(values) != 1:
+            error = f"the reward head gives {len(values)} outputs; a reward model gives one"
+        else:
+            score = values[0]
+    return {"id": row["id"], "index": int(row["index"]), "score": score, "error": error}
+
+
+def processor_config(spec: ModelSpec, batch_size: int = 16):
+    """The ``ray.data.llm`` processor config that serves ``spec`` in the pooling runner.
+
+    Chat-template, tokenize and detokenize stages are off: :func:`render` tokenizes (the
+    library's chat-template stage renders an assistant-final conversation as a prefill to
+    continue, without the end-of-turn token reward models are trained with), and a pooling
+    output has nothing to detokenize. Three actor pools fewer also means fewer logical CPUs
+    reserved.
+    """
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    from moaa_cluster.runtime import worker_env
+
+    engine_kwargs = {
+        "dtype": spec.dtype,
+        "max_model_len": spec.max_model_len,
+        "tensor_parallel_size": spec.tensor_parallel_size,
+        "trust_remote_code": spec.trust_remote_code,
+        **spec.engine_kwargs,
+    }
+    # the processor sets runner/convert from task_type and warns about its own task_type key
+    for key in ("runner", "chat_template", "task_type"):
+        engine_kwargs.pop(key, None)
+    if spec.revision:
+        engine_kwargs.setdefault("revision", spec.revision)
+    if spec.accelerator_type:
+        bundles = [{"GPU": 1, "CPU": 1}] * spec.tensor_parallel_size
+    else:
+        bundles = [{"CPU": spec.cpus_per_replica}]
+    env = worker_env()
+    return vLLMEngineProcessorConfig(
+        model_source=spec.source,
+        task_type=POOLING_TASK,
+        engine_kwargs=engine_kwargs,
+        batch_size=batch_size,
+        concurrency=spec.replicas,
+        accelerator_type=spec.accelerator_type,
+        placement_group_config={"bundles": bundles},
+        runtime_env={"env_vars": env} if env else None,
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
+        should_continue_on_error=True,  # a failed request becomes its row's reject
+        log_engine_metrics=False,
+    )
+
+
+def score(
+    reqs: list[dict], spec: ModelSpec, batch_size: int = 16
+) -> dict[tuple[str, int], tuple[float | None, str | None]]:
+    """Scores every request with the reward model (Ray must be initialized).
+
+    Returns:
+        ``(id, index) -> (score, None)`` or ``(None, reason)`` for every request.
+    """
+    import ray
+    from ray.data.llm import build_processor
+
+    from moaa_cluster.engines.chat_template import FOLD, system_mode
+
+    if not reqs:
+        return {}
+    tokenizer_path = str(Path(os.path.expanduser(spec.path or spec.source)))
+    render_row = functools.partial(
+        render,
+        tokenizer_path=tokenizer_path,
+        chat_template=_template_text(spec),
+        fold=system_mode(spec) == FOLD,
+        max_len=spec.max_model_len,
+        trust_remote_code=spec.trust_remote_code,
+    )
+    blocks = max(1, min(len(reqs) // max(1, batch_size), 64))
+    rendered = ray.data.from_items(reqs, override_num_blocks=blocks).map(render_row).materialize()
+    results: dict[tuple[str, int], tuple[float | None, str | None]] = {}
+    for r in rendered.filter(lambda r: r["render_error"] != "").take_all():
+        results[(r["id"], int(r["index"]))] = (None, r["render_error"])
+    todo = rendered.filter(lambda r: r["render_error"] == "")
+    if todo.count():
+        processor = build_processor(
+            processor_config(spec, batch_size), preprocess=_to_engine, postprocess=_from_engine
+        )
+        for r in processor(todo).take_all():
+            results[(r["id"], r["index"])] = (r["score"], r["error"])
+    return results
+
+
+def run(
+    run_dir: Path,
+    spec: ModelSpec,
+    *,
+    layer: int = 0,
+    limit: int | None = None,
+    batch_size: int = 16,
+    truncated: str = "exclude",
+    out: Path | None = None,
+) -> dict:
+    """Best-of-N for a synth run: scores, picks, writes the parquet and its rejects.
+
+    Ray must be initialized. Returns counts and the output paths.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moaa_cluster.pipeline.io import append_jsonl
+    from moaa_cluster.pipeline.stage import write_parquet_atomic
+
+    src = Path(run_dir) / "sft.parquet"
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist: give a synth run directory")
+    rows = pq.read_table(src).to_pylist()
+    if limit is not None:
+        rows = rows[:limit]
+    started = time.perf_counter()
+    scored = score(requests(rows, layer), spec, batch_size)
+    picked, rejects = assemble(rows, scored, spec.name, layer, truncated)
+    out = out or Path(run_dir) / "ablations" / f"{KIND}-{spec.name}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rejects_path = out.with_name(out.name.removesuffix(".parquet") + ".rejects.jsonl")
+    tmp = rejects_path.with_name(f".{rejects_path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    append_jsonl(tmp, rejects)
+    tmp.rename(rejects_path)
+    if picked:
+        write_parquet_atomic(pa.Table.from_pylist(picked), out)
+    else:
+        out.unlink(missing_ok=True)  # an earlier run's file must not pass for this one's
+    return {
+        "rows": len(rows),
+        "rows_ok": len(picked),
+        "rejects": len(rejects),
+        "candidates_scored": sum(1 for s, e in scored.values() if e is None),
+        "seconds": round(time.perf_counter() - started, 1),
+        "out": str(out),
+        "rejects_path": str(rejects_path),
+    }
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="moaa derive RUN_DIR best-of-n",
+        description="Write the Best-of-N SFT dataset (Table 3): for every instruction of a "
+        "synth run, the layer-0 answer a reward model served by vLLM scores highest.",
+    )
+    p.add_argument("run_dir", type=Path, help="a synth run directory holding sft.parquet")
+    p.add_argument(
+        "--reward-model",
+        required=True,
+        help="conf/model/<name>.yaml of a pooling (reward) model, or a YAML path",
+    )
+    p.add_argument("--layer", type=int, default=0, help="proposer layer to read (default 0)")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--batch-size", type=int, default=16, help="requests per engine batch")
+    p.add_argument(
+        "--truncated",
+        choices=TRUNCATED_RULES,
+        default="exclude",
+        help="may an answer cut at max_tokens be picked (default: exclude)",
+    )
+    p.add_argument("--cluster", default="local", help="conf/cluster/<name>.yaml (default local)")
+    p.add_argument("--models-dir", help="default: $MOAA_MODELS_DIR or ~/.cache/moaa-cluster/models")
+    p.add_argument("--out", type=Path, help="default: <run_dir>/ablations/best-of-n-<name>.parquet")
+    args = p.parse_args(argv)
+
+    from omegaconf import OmegaConf
+
+    from moaa_cluster import runtime
+
+    try:
+        spec = load_reward_spec(args.reward_model, args.models_dir, args.cluster)
+        cluster = OmegaConf.to_container(
+            OmegaConf.load(CONF_DIR / "cluster" / f"{args.cluster}.yaml"), resolve=True
+        )
+        runtime.set_offline(cluster.get("env"))
+        runtime.init_ray(cluster)
+        result = run(
+            args.run_dir,
+            spec,
+            layer=args.layer,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            truncated=args.truncated,
+            out=args.out,
+        )
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"moaa derive best-of-n: error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{result['rows_ok']} of {result['rows']} rows -> {result['out']} "
+        f"({result['rejects']} rejected: {result['rejects_path']}; {result['seconds']} s)"
+    )
+    if result["rows"] and not result["rows_ok"]:
+        print("moaa derive best-of-n: error: every row was rejected", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
