@@ -24,11 +24,9 @@ def deployment_name(spec: ModelSpec) -> str:
     return f"moaa-{spec.engine_name}-engine"
 
 
-def llm_config(spec: ModelSpec):
-    """Translates a model spec into a Ray Serve ``LLMConfig`` (vLLM engine)."""
-    from ray.serve.llm import LLMConfig, ModelLoadingConfig
-
-    engine_kwargs = {
+def engine_args(spec: ModelSpec) -> dict:
+    """The vLLM engine arguments a spec asks for (its ``engine_kwargs`` win)."""
+    args = {
         "dtype": spec.dtype,
         "max_model_len": spec.max_model_len,
         "tensor_parallel_size": spec.tensor_parallel_size,
@@ -36,13 +34,24 @@ def llm_config(spec: ModelSpec):
         **spec.engine_kwargs,
     }
     if spec.revision:
-        engine_kwargs.setdefault("revision", spec.revision)
+        args.setdefault("revision", spec.revision)
+    return args
+
+
+def bundles(spec: ModelSpec) -> list[dict]:
+    """One replica's placement-group bundles: a GPU per tensor-parallel rank, or CPUs."""
+    if spec.accelerator_type:
+        return [{"GPU": 1, "CPU": 1}] * spec.tensor_parallel_size
+    return [{"CPU": spec.cpus_per_replica}]
+
+
+def llm_config(spec: ModelSpec):
+    """Translates a model spec into a Ray Serve ``LLMConfig`` (vLLM engine)."""
+    from ray.serve.llm import LLMConfig, ModelLoadingConfig
+
+    engine_kwargs = engine_args(spec)
     if spec.chat_template:
         engine_kwargs.setdefault("chat_template", spec.chat_template)
-    if spec.accelerator_type:
-        bundles = [{"GPU": 1, "CPU": 1}] * spec.tensor_parallel_size
-    else:
-        bundles = [{"CPU": spec.cpus_per_replica}]
     from moaa_cluster.runtime import worker_env
 
     # A deployment with its own runtime_env does not get the job's (Serve only copies the
@@ -53,7 +62,7 @@ def llm_config(spec: ModelSpec):
             model_id=spec.engine_name, model_source=spec.source
         ),
         accelerator_type=spec.accelerator_type,
-        placement_group_config={"bundles": bundles},
+        placement_group_config={"bundles": bundles(spec)},
         deployment_config={
             "autoscaling_config": {"min_replicas": spec.replicas, "max_replicas": spec.replicas},
             # rows of a batch arrive together; keep them all in flight

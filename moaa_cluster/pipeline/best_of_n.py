@@ -39,10 +39,10 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from moaa_cluster.engines.spec import ConfigError, ModelSpec
+from moaa_cluster.pipeline.derive import Teacher, teachers
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +55,8 @@ TRUNCATED_RULES = ("exclude", "allow")
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One teacher's answers to one instruction, as a conversation the reward model scores.
-
-    Attributes:
-        index: Position among the row's candidates (seat order).
-        seat: The layer-0 seat that answered.
-        teacher: Its model name; ``model#seat`` when the model sits twice (derive's naming).
-        messages: System message (if any), then user turns with this teacher's answers.
-        truncated: Some turn of its answer stopped on ``finish_reason: length``.
-    """
-
-    index: int
-    seat: int
-    teacher: str
-    messages: list[dict]
-    truncated: bool
+# a candidate is one teacher's conversation (derive's Table 3 rows), scored by the reward model
+Candidate = Teacher
 
 
 def candidates(row: dict, layer: int = 0) -> list[Candidate]:
@@ -80,30 +65,9 @@ def candidates(row: dict, layer: int = 0) -> list[Candidate]:
     Raises:
         ValueError: A seat has no answer for one of the row's turns, or the layer has no seat.
     """
-    seats: dict[int, dict[int, dict]] = {}
-    for call in row["calls"]:
-        if call["layer"] == layer:
-            seats.setdefault(call["seat"], {})[call["turn"]] = call
-    if not seats:
+    out = teachers(row, layer)
+    if not out:
         raise ValueError(f"row {row['id']}: no layer-{layer} answers in its provenance")
-    user_turns = [m["content"] for m in row["messages"] if m["role"] == "user"]
-    system = [dict(m) for m in row["messages"][:1] if m["role"] == "system"]
-    out: list[Candidate] = []
-    names: set[str] = set()
-    for index, (seat, by_turn) in enumerate(sorted(seats.items())):
-        messages = list(system)
-        for t, question in enumerate(user_turns):
-            if t not in by_turn:
-                raise ValueError(
-                    f"row {row['id']}: seat {seat} of layer {layer} has no answer for turn {t + 1}"
-                )
-            messages.append({"role": "user", "content": question})
-            messages.append({"role": "assistant", "content": by_turn[t]["text"]})
-        model = by_turn[0]["model"]
-        teacher = model if model not in names else f"{model}#{seat}"
-        names.add(teacher)
-        truncated = any(c.get("finish_reason") == "length" for c in by_turn.values())
-        out.append(Candidate(index, seat, teacher, messages, truncated))
     return out
 
 
@@ -350,24 +314,13 @@ def processor_config(spec: ModelSpec, batch_size: int = 16):
     """
     from ray.data.llm import vLLMEngineProcessorConfig
 
+    from moaa_cluster.engines.serve_llm import bundles, engine_args
     from moaa_cluster.runtime import worker_env
 
-    engine_kwargs = {
-        "dtype": spec.dtype,
-        "max_model_len": spec.max_model_len,
-        "tensor_parallel_size": spec.tensor_parallel_size,
-        "trust_remote_code": spec.trust_remote_code,
-        **spec.engine_kwargs,
-    }
+    engine_kwargs = engine_args(spec)
     # the processor sets runner/convert from task_type and warns about its own task_type key
     for key in ("runner", "chat_template", "task_type"):
         engine_kwargs.pop(key, None)
-    if spec.revision:
-        engine_kwargs.setdefault("revision", spec.revision)
-    if spec.accelerator_type:
-        bundles = [{"GPU": 1, "CPU": 1}] * spec.tensor_parallel_size
-    else:
-        bundles = [{"CPU": spec.cpus_per_replica}]
     env = worker_env()
     return vLLMEngineProcessorConfig(
         model_source=spec.source,
@@ -376,7 +329,7 @@ def processor_config(spec: ModelSpec, batch_size: int = 16):
         batch_size=batch_size,
         concurrency=spec.replicas,
         accelerator_type=spec.accelerator_type,
-        placement_group_config={"bundles": bundles},
+        placement_group_config={"bundles": bundles(spec)},
         runtime_env={"env_vars": env} if env else None,
         chat_template_stage=False,
         tokenize_stage=False,

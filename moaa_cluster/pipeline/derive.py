@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,16 +21,40 @@ import pyarrow.parquet as pq
 KINDS = ("single", "combined", "random")
 
 
-def _teacher_rows(row: dict, layer: int) -> dict[str, list[dict]]:
-    """``{model_or_seat: messages}`` for each proposer seat of ``layer`` in this row."""
+@dataclass(frozen=True)
+class Teacher:
+    """One seat's answers to one instruction, as the conversation that seat would teach.
+
+    Attributes:
+        index: Position among the row's teachers (seat order).
+        seat: The seat that answered.
+        teacher: Its model name; ``model#seat`` when the model sits twice in the layer.
+        messages: System message (if any), then user turns with this seat's answers.
+        truncated: Some turn of its answer stopped on ``finish_reason: length``.
+    """
+
+    index: int
+    seat: int
+    teacher: str
+    messages: list[dict]
+    truncated: bool
+
+
+def teachers(row: dict, layer: int = 0) -> list[Teacher]:
+    """Every seat of ``layer`` in a synth row (solo seats included), in seat order.
+
+    Raises:
+        ValueError: A seat has no answer for one of the row's turns.
+    """
     seats: dict[int, dict[int, dict]] = {}
     for call in row["calls"]:
         if call["layer"] == layer:
             seats.setdefault(call["seat"], {})[call["turn"]] = call
-    out = {}
-    for seat, by_turn in sorted(seats.items()):
-        user_turns = [m["content"] for m in row["messages"] if m["role"] == "user"]
-        system = [m for m in row["messages"][:1] if m["role"] == "system"]
+    user_turns = [m["content"] for m in row["messages"] if m["role"] == "user"]
+    system = [dict(m) for m in row["messages"][:1] if m["role"] == "system"]
+    out: list[Teacher] = []
+    names: set[str] = set()
+    for index, (seat, by_turn) in enumerate(sorted(seats.items())):
         messages = list(system)
         for t, question in enumerate(user_turns):
             if t not in by_turn:
@@ -39,9 +64,16 @@ def _teacher_rows(row: dict, layer: int) -> dict[str, list[dict]]:
             messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": by_turn[t]["text"]})
         model = by_turn[0]["model"]
-        key = model if model not in out else f"{model}#{seat}"
-        out[key] = messages
+        name = model if model not in names else f"{model}#{seat}"
+        names.add(name)
+        truncated = any(c.get("finish_reason") == "length" for c in by_turn.values())
+        out.append(Teacher(index, seat, name, messages, truncated))
     return out
+
+
+def _teacher_rows(row: dict, layer: int) -> dict[str, list[dict]]:
+    """``{model_or_seat: messages}`` for each proposer seat of ``layer`` in this row."""
+    return {t.teacher: t.messages for t in teachers(row, layer)}
 
 
 def derive(
