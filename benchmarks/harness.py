@@ -108,7 +108,7 @@ def first_turn_rows(path: Path, n: int) -> list[dict]:
         FileNotFoundError: No question file at ``path``.
         ValueError: The file holds no usable question.
     """
-    from moaa_cluster.pipeline.io import Source, load_rows
+    from moaa_cluster.data.sources import Source, load_rows
 
     path = Path(path)
     if not path.is_file():
@@ -470,8 +470,8 @@ def run_pipeline(
         RuntimeError: A row failed (its error is in the message): the schedules would no
             longer compare the same work.
     """
-    from moaa_cluster.pipeline.stage import consolidate
     from moaa_cluster.pipeline.synth import run_rows
+    from moaa_cluster.runs.shards import consolidate
 
     run_dir = Path(tempfile.mkdtemp(prefix="pipeline-", dir=work_dir))
     start = time.time()  # wall clock: rows record time.time() when they finish
@@ -502,7 +502,7 @@ def run_pipeline(
 
 def run_pass_through(rows: list[dict], bench: Bench, work_dir: Path) -> None:
     """The pipeline's Ray Data stage with :class:`PassThrough` workers (same pool, batches)."""
-    from moaa_cluster.pipeline.stage import stream_rows
+    from moaa_cluster.pipeline.frame import stream_rows
     from moaa_cluster.pipeline.synth import INPUT_SCHEMA
 
     s = bench.settings

@@ -36,7 +36,7 @@ def load_items(run_dir: Path) -> tuple[list[dict], dict]:
     """
     import pyarrow.parquet as pq
 
-    from moaa_cluster.pipeline.stage import consolidate, shard_dir
+    from moaa_cluster.runs.shards import consolidate, shard_dir
 
     run_dir = Path(run_dir)
     manifest_path = run_dir / "manifest.json"

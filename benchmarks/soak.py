@@ -287,7 +287,7 @@ class Sampler(threading.Thread):
 
 def write_first_turns(questions: Path, path: Path) -> int:
     """The first user turn of every question in ``questions`` as MT-Bench records at ``path``."""
-    from moaa_cluster.pipeline.io import Source, load_rows
+    from moaa_cluster.data.sources import Source, load_rows
 
     rows, _ = load_rows([Source(name="mt_bench", path=str(questions))])
     if not rows:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from moaa_cluster.engines.spec import ConfigError, ModelSpec, spec_from_dict
+from moaa_cluster.data.sources import Source
+from moaa_cluster.engines.spec import ModelSpec, spec_from_dict
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import Agent, Mixture
-from moaa_cluster.pipeline.io import Source
 from moaa_cluster.pipeline.synth import SynthSettings
 
 

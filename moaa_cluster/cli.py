@@ -45,7 +45,7 @@ def _guarded(task: str, fn):
     that produced nothing (every row rejected or failed)."""
 
     def run(cfg) -> None:
-        from moaa_cluster.engines.spec import ConfigError
+        from moaa_cluster.errors import ConfigError
         from moaa_cluster.sweep import use_point_dir
 
         try:
@@ -56,6 +56,8 @@ def _guarded(task: str, fn):
         except (ConfigError, FileNotFoundError) as exc:
             print(f"moaa {task}: error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
+        from moaa_cluster.runs.manifest import nothing_produced
+
         why = nothing_produced(_read_manifest(cfg))
         if why:
             print(f"moaa {task}: error: {why}", file=sys.stderr)
@@ -93,44 +95,10 @@ def _manifest_extra(cfg) -> dict:
     return {"config": config, "rehearsal": config.get("rehearsal") or None}
 
 
-def _read_manifest(cfg) -> dict | None:
-    import json
+def _read_manifest(cfg):
+    from moaa_cluster.runs.manifest import Manifest
 
-    path = Path(str(cfg.get("output_dir") or "")) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# per task, the count that says a run produced something, and what it counts
-PRODUCED = {
-    "synth": ("rows_ok", "SFT rows"),
-    "sample": ("candidate_sets", "candidate sets"),
-    "prefs": ("pairs", "preference pairs"),
-    "eval": ("evaluated", "evaluated questions"),
-    "judge_eval": ("judged", "judged pairs"),
-}
-
-
-def nothing_produced(manifest: dict | None) -> str | None:
-    """One line saying why a finished run produced no row at all, or None when it did.
-
-    A run whose every row was rejected on input or failed in inference must not exit 0:
-    a pipeline or a batch script would go on with nothing.
-    """
-    if not manifest or manifest.get("task") not in PRODUCED:
-        return None
-    key, what = PRODUCED[manifest["task"]]
-    counts = manifest.get("counts") or {}
-    if counts.get(key, 1):
-        return None
-    rejected = counts.get("rejects_input", counts.get("rejects", 0))
-    return (
-        f"no {what} produced: {rejected} rows rejected on input, "
-        f"{counts.get('rows_failed', 0)} failed in inference (reasons in the run "
-        "directory's rejects.jsonl)"
-    )
+    return Manifest.load(Path(str(cfg.get("output_dir") or "")))
 
 
 def _run_synth(cfg) -> None:
@@ -217,7 +185,7 @@ def _run_eval(cfg) -> None:
     from omegaconf import OmegaConf
 
     from moaa_cluster import build, runtime
-    from moaa_cluster.engines.spec import ConfigError
+    from moaa_cluster.errors import ConfigError
     from moaa_cluster.evaluation.answers import question_sources
     from moaa_cluster.pipeline.evaluate import evaluate
 
@@ -331,7 +299,7 @@ def _run_plan(cfg) -> None:
 
     from moaa_cluster import build
     from moaa_cluster.engines import planner
-    from moaa_cluster.engines.spec import ConfigError
+    from moaa_cluster.errors import ConfigError
 
     c = OmegaConf.to_container(cfg, resolve=True)
     if c["format"] not in ("table", "json"):

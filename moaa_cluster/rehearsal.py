@@ -27,7 +27,7 @@ import json
 import os
 from pathlib import Path
 
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 
 SUFFIX = "-rehearsal"
 # keys of a model mapping the stand-in's engine decides; the rest (name, max_model_len,

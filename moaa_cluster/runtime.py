@@ -182,7 +182,7 @@ def init_ray(cluster: dict) -> None:
 
 def check_capacity(specs: list, cluster_resources: dict) -> None:
     """Refuses engines that cannot be placed on this cluster, before any of them starts."""
-    from moaa_cluster.engines.spec import ConfigError
+    from moaa_cluster.errors import ConfigError
 
     gpus = float(cluster_resources.get("GPU", 0))
     for spec in engine_specs(specs):

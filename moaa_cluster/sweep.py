@@ -80,12 +80,9 @@ def token_totals(counts: object) -> dict[str, int] | None:
 
 def read_manifest(run_dir: Path) -> dict | None:
     """The point's ``manifest.json``, or ``None`` if it is missing or unreadable."""
-    path = Path(run_dir) / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    from moaa_cluster.runs.files import read_json
+
+    return read_json(Path(run_dir) / MANIFEST)
 
 
 def point_record(
@@ -284,7 +281,7 @@ def use_point_dir(cfg) -> None:
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    from moaa_cluster.engines.spec import ConfigError
+    from moaa_cluster.errors import ConfigError
 
     if not HydraConfig.initialized() or "output_dir" not in cfg:
         return

@@ -25,7 +25,8 @@ import logging
 import os
 from pathlib import Path
 
-from moaa_cluster.engines.spec import SYSTEM_ROLES, ConfigError, ModelSpec
+from moaa_cluster.engines.spec import SYSTEM_ROLES, ModelSpec
+from moaa_cluster.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

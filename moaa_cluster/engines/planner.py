@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from moaa_cluster.engines.spec import ConfigError, ModelSpec
+from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.engines.throughput import Rate, ThroughputTable
 from moaa_cluster.engines.workload import (
     Phase,
@@ -55,6 +55,7 @@ from moaa_cluster.engines.workload import (
     prefs_workload,
     synth_workload,
 )
+from moaa_cluster.errors import ConfigError
 
 __all__ = [  # the workload and throughput names are re-exported: callers import one module
     "ConfigError",

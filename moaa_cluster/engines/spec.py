@@ -6,12 +6,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moaa_cluster.errors import ConfigError
+
 BACKENDS = ("vllm", "openai")
 SYSTEM_ROLES = ("auto", "native", "fold")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; raised before any engine starts."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from moaa_cluster.engines.spec import ConfigError, ModelSpec
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moaa_cluster.data.records import Reject, describe, read_records
-from moaa_cluster.pipeline.io import Source
+from moaa_cluster.data.sources import Source
 
 ID_KEYS = ("question_id", "uid", "source_id", "prompt_id", "id")
 

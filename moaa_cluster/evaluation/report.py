@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moaa_cluster.runs.files import read_json
+
 KIND_FILES = (
     ("eval", "summary.json"),
     ("judge-eval", "judge_eval.json"),
@@ -78,17 +80,10 @@ class Stage:
         return self.timings.get(phase) if phase else None
 
 
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def detect(path: Path) -> str | None:
     """The kind of run in ``path``: a task name, ``pipeline``, or ``None``."""
     path = Path(path)
-    manifest = _json(path / "manifest.json") or {}
+    manifest = read_json(path / "manifest.json") or {}
     task = manifest.get("task")
     if task == "pipeline" or (task is None and stage_dirs(path)):
         return "pipeline"
@@ -110,14 +105,14 @@ def stage_dirs(path: Path) -> list[Path]:
     if not path.is_dir():
         return []
     found = [d for d in sorted(path.iterdir()) if d.is_dir() and detect_leaf(d)]
-    order = list(((_json(path / "manifest.json") or {}).get("stages") or {}).keys())
+    order = list(((read_json(path / "manifest.json") or {}).get("stages") or {}).keys())
     order += [s for s in PIPELINE_ORDER if s not in order]  # before the manifest exists
     return sorted(found, key=lambda d: order.index(d.name) if d.name in order else len(order))
 
 
 def detect_leaf(path: Path) -> str | None:
     """Like :func:`detect` without looking for nested stages."""
-    manifest = _json(path / "manifest.json") or {}
+    manifest = read_json(path / "manifest.json") or {}
     task = manifest.get("task")
     if isinstance(task, str) and task.startswith("train-"):
         return "train"
@@ -286,7 +281,7 @@ def _load_prefs(stage: Stage) -> None:
 
 
 def _load_judge_eval(stage: Stage) -> None:
-    data = _json(stage.path / "judge_eval.json")
+    data = read_json(stage.path / "judge_eval.json")
     if data is None:
         stage.missing.append(f"no judge_eval.json in {stage.path} (the run has not finished)")
         return
@@ -326,7 +321,7 @@ def _load_judge_eval(stage: Stage) -> None:
 
 
 def _load_eval(stage: Stage) -> None:
-    s = _json(stage.path / "summary.json")
+    s = read_json(stage.path / "summary.json")
     if s is None:
         stage.missing.append(f"no summary.json in {stage.path} (the run has not finished)")
         return
@@ -411,7 +406,7 @@ def load_stage(
 ) -> Stage:
     """Reads one stage directory; problems become ``missing`` lines, never exceptions."""
     kind = detect_leaf(path) or "unknown"
-    manifest = _json(path / "manifest.json")
+    manifest = read_json(path / "manifest.json")
     stage = Stage(name=name, kind=kind, path=path, manifest=manifest)
     stage.timings = dict((manifest or {}).get("timings_s") or {})
     if manifest is None:
@@ -707,7 +702,7 @@ def plot_losses(stages: list[Stage], path: Path) -> Path | None:
 def rehearsal_of(run_dir: Path) -> dict | None:
     """The rehearsal record of a run directory's manifest or its stages' manifests, if any."""
     for path in [run_dir / "manifest.json", *sorted(run_dir.glob("*/manifest.json"))]:
-        m = _json(path) or {}
+        m = read_json(path) or {}
         rec = m.get("rehearsal") or (m.get("config") or {}).get("rehearsal")
         if isinstance(rec, dict):
             return rec
@@ -761,7 +756,7 @@ def write_report(
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     prices = prices or {}
     kind = detect(run_dir)
-    parent = _json(run_dir / "manifest.json")
+    parent = read_json(run_dir / "manifest.json")
     if cluster is not None and _cluster_of(parent, None) is None:
         parent = {**(parent or {}), "cluster": cluster}
     absent: list[str] = []

@@ -41,7 +41,8 @@ import sys
 import time
 from pathlib import Path
 
-from moaa_cluster.engines.spec import ConfigError, ModelSpec
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.pipeline.derive import Teacher, teachers
 
 log = logging.getLogger(__name__)
@@ -395,8 +396,7 @@ def run(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from moaa_cluster.pipeline.io import append_jsonl
-    from moaa_cluster.pipeline.stage import write_parquet_atomic
+    from moaa_cluster.runs.files import append_jsonl, write_parquet_atomic
 
     src = Path(run_dir) / "sft.parquet"
     if not src.exists():

@@ -8,14 +8,15 @@ embedded judge's models are the stage-1 teachers), and all of them stop at the e
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from moaa_cluster.engines.spec import ConfigError, ModelSpec
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.errors import ConfigError
+from moaa_cluster.runs.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +66,12 @@ def check_stages(stages: tuple[str, ...]) -> tuple[str, ...]:
     return stages
 
 
-def _manifest(stage_dir: Path) -> dict | None:
-    path = stage_dir / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def is_complete(stage: str, stage_dir: Path) -> bool:
     """Whether a stage's directory holds a finished result the next stage can use."""
-    m = _manifest(stage_dir)
-    if m is None:
+    m = Manifest.load(stage_dir)
+    if m is None or not m.complete:
         return False
-    counts = m.get("counts", {})
-    if stage == "synth":
-        return counts.get("rows_failed", 1) == 0 and counts.get("rows_ok", 0) > 0
-    if stage == "prefs":
-        return counts.get("rows_failed", 1) == 0 and counts.get("pairs", 0) > 0
-    if stage in ("sft", "dpo"):
-        return m.get("status") == "complete" and (stage_dir / "model" / "config.json").exists()
-    return m.get("status") == "complete" and counts.get("evaluated", 0) > 0
+    return stage not in ("sft", "dpo") or (stage_dir / "model" / "config.json").exists()
 
 
 def trained_spec(base: ModelSpec, stage_dir: Path, suffix: str) -> ModelSpec:
@@ -106,8 +95,8 @@ def run_pipeline(
     """Runs the stages that are not complete yet; returns the pipeline manifest."""
     from moaa_cluster.engines.serve_llm import stop_engines
     from moaa_cluster.pipeline.prefs import SAMPLER, make_preferences
-    from moaa_cluster.pipeline.stage import check_writable
-    from moaa_cluster.pipeline.synth import save_json, synthesize
+    from moaa_cluster.pipeline.synth import synthesize
+    from moaa_cluster.runs.files import check_writable
     from moaa_cluster.training.ray_train import fit
 
     stages = check_stages(parts.stages)
@@ -228,19 +217,23 @@ def run_pipeline(
             stop_engines(list(started.values()))
     rehearsal = (config or {}).get("rehearsal") or None
     report = _report(run_dir, cluster, rehearsal)
-    manifest = {
-        "task": "pipeline",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "stages": {s: str(dirs[s]) for s in stages},
-        "skipped": skipped,
-        "timings_s": {**timings, "total": round(time.monotonic() - t_start, 2)},
-        "stage_timings_s": {s: (_manifest(dirs[s]) or {}).get("timings_s") for s in stages},
-        "eval": (_manifest(dirs["eval"]) or {}).get("summary"),
-        "report": str(report) if report else None,
-        "rehearsal": rehearsal,
-        "config": config,
-    }
-    save_json(run_dir / "manifest.json", manifest)
+    stage_manifests = {s: Manifest.load(dirs[s]) for s in stages}
+    manifest = Manifest(
+        task="pipeline",
+        status="complete",
+        timings_s={**timings, "total": time.monotonic() - t_start},
+        details={
+            "stages": {s: str(dirs[s]) for s in stages},
+            "skipped": skipped,
+            "stage_timings_s": {s: m.timings_s if m else None for s, m in stage_manifests.items()},
+            "eval": stage_manifests["eval"].details.get("summary")
+            if stage_manifests.get("eval")
+            else None,
+            "report": str(report) if report else None,
+            "rehearsal": rehearsal,
+            "config": config,
+        },
+    ).save(run_dir)
     print(f"pipeline: done in {manifest['timings_s']['total']:.0f} s; {run_dir}", flush=True)
     for s in stages:
         print(f"  {s:<6} {timings.get(s, 'skipped')!s:>10} s  {dirs[s]}", flush=True)

@@ -25,21 +25,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from moaa_cluster.engines.spec import ConfigError, ModelSpec
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.evaluation.answers import attach_baseline, judge_inputs, load_baseline
 from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
 from moaa_cluster.judge.ranking import TIE, UNRESOLVED
+from moaa_cluster.pipeline.frame import MESSAGE, RowWorker, shard_schema, stream_rows
 from moaa_cluster.pipeline.prefs import COUNT_FIELDS
-from moaa_cluster.pipeline.stage import (
-    RowWorker,
-    consolidate,
-    finished_ids,
-    open_run,
-    package_versions,
-    stream_rows,
-    write_parquet_atomic,
-)
-from moaa_cluster.pipeline.synth import MESSAGE, save_json
+from moaa_cluster.runs.files import read_json, save_json, write_parquet_atomic
+from moaa_cluster.runs.manifest import Manifest
+from moaa_cluster.runs.shards import consolidate, finished_ids, open_run
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +62,7 @@ SIDE_FIELDS = [
     ("finish_reasons", pa.list_(pa.string())),
     ("seconds", pa.list_(pa.float64())),
 ]
-SHARD_SCHEMA = pa.schema(
+SHARD_SCHEMA = shard_schema(
     [
         ("id", pa.string()),
         ("source", pa.string()),
@@ -83,8 +78,6 @@ SHARD_SCHEMA = pa.schema(
         ("verdict_baseline_first", pa.string()),  # A / B / null: baseline shown as A
         ("judge", pa.string()),  # JSON: both comparisons (criteria, critiques, verdicts)
         *[(f"judge_{f}", pa.int64()) for f in COUNT_FIELDS],
-        ("error", pa.string()),
-        ("finished_at", pa.float64()),
     ]
 )
 ANSWER_SCHEMA = pa.schema(
@@ -408,13 +401,6 @@ def _side_rows(rows: list[dict], side: str, name: str) -> pa.Table:
     return pa.Table.from_pylist(out, schema=ANSWER_SCHEMA)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text()) if Path(path).exists() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _chars(answers: list[str] | None) -> int:
     return sum(len(a) for a in answers or [])
 
@@ -588,7 +574,8 @@ def evaluate(
             evaluation.
     """
     from moaa_cluster import runtime
-    from moaa_cluster.pipeline.io import append_jsonl, load_rows
+    from moaa_cluster.data.sources import load_rows
+    from moaa_cluster.runs.files import append_jsonl
 
     settings = settings or EvalSettings()
     t_start = time.monotonic()
@@ -717,7 +704,7 @@ def evaluate(
     timings["total"] = time.monotonic() - t_start
     # A resumed run adds to the time its earlier invocations spent on this run directory, so
     # the cost and throughput of the whole result stay known (report.py reads them).
-    previous = (_read_json(run_dir / "manifest.json") or {}).get("timings_s") or {}
+    previous = (read_json(run_dir / "manifest.json") or {}).get("timings_s") or {}
     cumulative = {k: previous.get(k, 0.0) + timings.get(k, 0.0) for k in {**previous, **timings}}
     summary = {
         "model": model.name,
@@ -737,37 +724,37 @@ def evaluate(
         "last_invocation_s": {k: round(v, 2) for k, v in timings.items()},
     }
     save_json(run_dir / "summary.json", summary)
-    manifest = {
-        "task": "eval",
+    Manifest(
+        task="eval",
         # complete: every question that passed the input checks was answered and judged
-        "status": "complete" if not failed else "incomplete",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "counts": {
+        counts={
             "questions": summary["questions"],
             "evaluated": summary["evaluated"],
             "rows_failed": len(failed),
             "rejects": len(rejects),
+            # shards written before the frame kept `retries` have none
+            "rows_retried": sum(1 for r in finished + failed if r.get("retries")),
             "tokens_per_model": summary["tokens_per_model"],
         },
-        "timings_s": summary["timings_s"],
-        "last_invocation_s": summary["last_invocation_s"],
-        "summary": {k: summary[k] for k in ("model", "baseline", "judge_name", "win_rate")},
-        "models": {k: asdict(s) for k, s in specs.items()},
-        "baseline": {"answers": files}
-        if files
-        else {"model": baseline_model.name if baseline_model else None},
-        "judge": {
-            "name": judge.name,
-            "proposers": judge.proposers,
-            "aggregator": judge.aggregator,
-            "criteria_filtering": judge.criteria_filtering,
+        timings_s=cumulative,
+        models={k: asdict(s) for k, s in specs.items()},
+        details={
+            "last_invocation_s": summary["last_invocation_s"],
+            "summary": {k: summary[k] for k in ("model", "baseline", "judge_name", "win_rate")},
+            "baseline": {"answers": files}
+            if files
+            else {"model": baseline_model.name if baseline_model else None},
+            "judge": {
+                "name": judge.name,
+                "proposers": judge.proposers,
+                "aggregator": judge.aggregator,
+                "criteria_filtering": judge.criteria_filtering,
+            },
+            "settings": asdict(settings),
+            "cluster": cluster,
+            **(manifest_extra or {}),
         },
-        "settings": asdict(settings),
-        "cluster": cluster,
-        "versions": package_versions(),
-        **(manifest_extra or {}),
-    }
-    save_json(run_dir / "manifest.json", manifest)
+    ).save(run_dir)
     print(format_summary(summary), flush=True)
     print(
         "wall time: "

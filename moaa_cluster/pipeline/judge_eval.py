@@ -18,15 +18,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from moaa_cluster.data.records import Reject, describe, read_records
+from moaa_cluster.engines.describe import model_record
 from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
-from moaa_cluster.pipeline.stage import (
-    RowWorker,
-    consolidate,
-    finished_ids,
-    open_run,
-    stream_rows,
-)
-from moaa_cluster.pipeline.synth import MESSAGE, save_json
+from moaa_cluster.pipeline.frame import MESSAGE, RowWorker, shard_schema, stream_rows
+from moaa_cluster.runs.files import save_json
+from moaa_cluster.runs.manifest import Manifest
+from moaa_cluster.runs.shards import consolidate, finished_ids, open_run
 
 _HH_TURN = re.compile(r"\n\nHuman: |\n\nAssistant: ")
 
@@ -148,12 +145,10 @@ INPUT_SCHEMA = pa.schema(
         ("rejected", pa.string()),
     ]
 )
-SHARD_SCHEMA = pa.schema(
+SHARD_SCHEMA = shard_schema(
     [
         ("id", pa.string()),
         ("results", pa.string()),  # JSON: {judge name: {outcome, comparisons}}
-        ("error", pa.string()),
-        ("finished_at", pa.float64()),
     ]
 )
 
@@ -254,7 +249,7 @@ def evaluate_judges(
 ) -> list[dict]:
     """Judges every labeled pair with every judge; writes and prints the metrics table."""
     from moaa_cluster import runtime
-    from moaa_cluster.pipeline.io import append_jsonl
+    from moaa_cluster.runs.files import append_jsonl
 
     t_start = time.monotonic()
     run_dir = open_run(run_dir, specs.values())
@@ -303,33 +298,32 @@ def evaluate_judges(
         {"table": table, "timings_s": timings, "pairs": len(pairs), "rejects": len(rejects)},
     )
     n_failed = sum(1 for r in failed if r["id"] in wanted)
-    save_json(
-        run_dir / "manifest.json",
-        {
-            "task": "judge_eval",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "counts": {
-                "pairs": len(pairs),
-                "judged": len(finished),
-                "rows_failed": n_failed,
-                "rejects_input": len(rejects),
-                "per_judge": {
-                    row["judge"]: {
-                        k: row[k] for k in ("calls", "prompt_tokens", "completion_tokens")
-                    }
-                    for row in table
-                },
+    Manifest(
+        task="judge-eval",
+        counts={
+            "pairs": len(pairs),
+            "judged": len(finished),
+            "rows_failed": n_failed,
+            "rejects_input": len(rejects),
+            # shards written before the frame kept `retries` have none
+            "rows_retried": sum(1 for r in finished + failed if r.get("retries")),
+            "per_judge": {
+                row["judge"]: {k: row[k] for k in ("calls", "prompt_tokens", "completion_tokens")}
+                for row in table
             },
+        },
+        timings_s=timings,
+        models={k: model_record(s) for k, s in specs.items()},
+        details={
             "metrics": {
                 row["judge"]: {
                     k: row[k] for k in ("accuracy", "position_consistency", "parse_fail_after")
                 }
                 for row in table
             },
-            "timings_s": {k: round(v, 2) for k, v in timings.items()},
             "ray": ray_report or None,
             **(manifest_extra or {}),
         },
-    )
+    ).save(run_dir)
     print(text, flush=True)
     return table

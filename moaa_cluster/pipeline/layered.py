@@ -23,9 +23,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from moaa_cluster.engines.spec import ConfigError, ModelSpec
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import Mixture, Step, conversation, run_steps
-from moaa_cluster.pipeline.stage import RowWorker, consolidate, stream_rows, write_shard
+from moaa_cluster.pipeline.frame import RowWorker, stream_rows
+from moaa_cluster.runs.shards import consolidate, write_shard
 
 log = logging.getLogger(__name__)
 

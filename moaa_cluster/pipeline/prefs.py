@@ -29,18 +29,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from moaa_cluster.engines.spec import ConfigError, ModelSpec
+from moaa_cluster.engines.describe import model_record
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.judge.judge import JudgeSpec, rank
-from moaa_cluster.pipeline.stage import (
-    RowWorker,
-    consolidate,
-    finished_ids,
-    open_run,
-    package_versions,
-    stream_rows,
-    write_parquet_atomic,
-)
-from moaa_cluster.pipeline.synth import MESSAGE, model_record, save_json
+from moaa_cluster.pipeline.frame import MESSAGE, RowWorker, shard_schema, stream_rows
+from moaa_cluster.runs.files import write_parquet_atomic
+from moaa_cluster.runs.manifest import Manifest
+from moaa_cluster.runs.shards import consolidate, finished_ids, open_run
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +63,7 @@ INPUT_SCHEMA = pa.schema(
         ("answers", pa.list_(pa.string())),
     ]
 )
-SHARD_SCHEMA = pa.schema(
+SHARD_SCHEMA = shard_schema(
     [
         ("id", pa.string()),
         ("source", pa.string()),
@@ -86,9 +82,6 @@ SHARD_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("judge", pa.string()),  # JSON: every comparison (criteria, critiques, verdicts)
         *[(f"judge_{f}", pa.int64()) for f in COUNT_FIELDS],
-        ("error", pa.string()),
-        ("finished_at", pa.float64()),
-        ("retries", pa.int32()),  # transient engine errors survived (an engine restarting)
     ]
 )
 PAIR_COLUMNS = [
@@ -259,7 +252,7 @@ def write_outputs(run_dir: Path, input_rejects: list[dict], sample_only: bool = 
     Returns:
         The run's counts (see ``run_counts``).
     """
-    from moaa_cluster.pipeline.io import append_jsonl
+    from moaa_cluster.runs.files import append_jsonl
 
     done, failed = consolidate(run_dir)
 
@@ -358,7 +351,7 @@ def make_preferences(
     With ``judge=None`` it only samples the candidates (``moaa sample``).
     """
     from moaa_cluster import runtime
-    from moaa_cluster.pipeline.io import load_rows
+    from moaa_cluster.data.sources import load_rows
 
     t_start = time.monotonic()
     if SAMPLER not in specs:
@@ -393,31 +386,30 @@ def make_preferences(
     counts = write_outputs(run_dir, rejects, sample_only=judge is None)
     counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
     timings["total"] = time.monotonic() - t_start
-    manifest = {
-        "task": "prefs" if judge else "sample",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "counts": counts,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "models": {k: model_record(s) for k, s in specs.items()},
-        "judge": None
-        if judge is None
-        else {
-            "name": judge.name,
-            "proposers": judge.proposers,
-            "aggregator": judge.aggregator,
-            "criteria_filtering": judge.criteria_filtering,
-            "plan": settings.plan,
+    manifest = Manifest(
+        task="prefs" if judge else "sample",
+        counts=counts,
+        timings_s=timings,
+        models={k: model_record(s) for k, s in specs.items()},
+        details={
+            "judge": None
+            if judge is None
+            else {
+                "name": judge.name,
+                "proposers": judge.proposers,
+                "aggregator": judge.aggregator,
+                "criteria_filtering": judge.criteria_filtering,
+                "plan": settings.plan,
+            },
+            "candidates": {
+                "num": settings.num_candidates,
+                "sampling": settings.sampling,
+                "truncated": settings.truncated,  # exclude_from_chosen | allow
+            },
+            "ray": ray_report or None,
+            **(manifest_extra or {}),
         },
-        "candidates": {
-            "num": settings.num_candidates,
-            "sampling": settings.sampling,
-            "truncated": settings.truncated,  # exclude_from_chosen | allow
-        },
-        "ray": ray_report or None,
-        "versions": package_versions(),
-        **(manifest_extra or {}),
-    }
-    save_json(run_dir / "manifest.json", manifest)
+    ).save(run_dir)
     print(summary_text(counts, timings, run_dir, settings, sampled_only=judge is None), flush=True)
     return manifest
 

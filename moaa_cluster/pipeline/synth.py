@@ -11,7 +11,6 @@ conversational format + provenance) and ``rejects.jsonl``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,22 +18,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from moaa_cluster.engines.describe import model_record
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa.mixture import Mixture, conversation, run_row
+from moaa_cluster.pipeline.frame import MESSAGE, RowWorker, shard_schema, stream_rows
 from moaa_cluster.pipeline.layered import plan_passes, planner_fits, run_layered
-from moaa_cluster.pipeline.stage import (
-    RowWorker,
-    consolidate,
-    finished_ids,
-    open_run,
-    package_versions,
-    stream_rows,
-    write_parquet_atomic,
-)
+from moaa_cluster.runs.files import write_parquet_atomic
+from moaa_cluster.runs.manifest import Manifest
+from moaa_cluster.runs.shards import consolidate, finished_ids, open_run
 
 log = logging.getLogger(__name__)
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 CALL = pa.struct(
     [
         ("turn", pa.int32()),
@@ -53,7 +47,7 @@ CALL = pa.struct(
         ("system_folded", pa.bool_()),  # system text folded into the first user turn
     ]
 )
-SHARD_SCHEMA = pa.schema(
+SHARD_SCHEMA = shard_schema(
     [
         ("id", pa.string()),
         ("source", pa.string()),
@@ -62,9 +56,6 @@ SHARD_SCHEMA = pa.schema(
         ("turns", pa.list_(pa.string())),
         ("messages", pa.list_(MESSAGE)),
         ("calls", pa.list_(CALL)),
-        ("error", pa.string()),
-        ("finished_at", pa.float64()),
-        ("retries", pa.int32()),  # transient engine errors survived (an engine restarting)
     ]
 )
 INPUT_SCHEMA = pa.schema(
@@ -157,7 +148,7 @@ def run_rows(
 
 def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) -> dict:
     """Consolidates shards into ``sft.parquet`` and ``rejects.jsonl``; returns counts."""
-    from moaa_cluster.pipeline.io import append_jsonl
+    from moaa_cluster.runs.files import append_jsonl
 
     ok, failed = consolidate(run_dir)
     ok.sort(key=lambda r: (r["source"], r["id"]))
@@ -262,12 +253,6 @@ def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
     return lines
 
 
-def save_json(path: Path, data: dict) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.rename(path)
-
-
 def length_rejects(
     rows: list[dict], mixture: Mixture, specs: dict[str, ModelSpec], defaults: dict
 ) -> tuple[list[dict], list[dict]]:
@@ -354,7 +339,7 @@ def synthesize(
 ) -> dict:
     """Runs stage 1 end to end into ``run_dir``; returns the manifest it writes."""
     from moaa_cluster import runtime
-    from moaa_cluster.pipeline.io import load_rows
+    from moaa_cluster.data.sources import load_rows
 
     t_start = time.monotonic()
     run_dir = open_run(run_dir, specs.values(), overwrite=overwrite)
@@ -416,45 +401,31 @@ def synthesize(
     counts = write_outputs(run_dir, mixture, rejects)
     counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
     timings["total"] = time.monotonic() - t_start
-    manifest = {
-        "task": "synth",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "counts": counts,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "mixture": {
-            "layers": [
-                [
-                    {"model": a.model, "sampling": a.sampling, **({"solo": True} if a.solo else {})}
-                    for a in layer
-                ]
-                for layer in mixture.layers
-            ],
-            "defaults": settings.defaults,
+    manifest = Manifest(
+        task="synth",
+        counts=counts,
+        timings_s=timings,
+        models={k: model_record(s) for k, s in specs.items()},
+        details={
+            "mixture": {
+                "layers": [
+                    [
+                        {
+                            "model": a.model,
+                            "sampling": a.sampling,
+                            **({"solo": True} if a.solo else {}),
+                        }
+                        for a in layer
+                    ]
+                    for layer in mixture.layers
+                ],
+                "defaults": settings.defaults,
+            },
+            "execution": "resident" if passes is None else [p.label for p in passes],
+            "ray": ray_report or None,
+            **(manifest_extra or {}),
         },
-        "models": {k: model_record(s) for k, s in specs.items()},
-        "execution": "resident" if passes is None else [p.label for p in passes],
-        "ray": ray_report or None,
-        "versions": package_versions(),
-        **(manifest_extra or {}),
-    }
-    save_json(run_dir / "manifest.json", manifest)
+    ).save(run_dir)
     for line in summary_lines(counts, timings, run_dir):
         print(line, flush=True)
     return manifest
-
-
-def model_record(spec: ModelSpec) -> dict:
-    """A model spec for a manifest, with the checksums its prepared checkpoint recorded."""
-    from dataclasses import asdict
-
-    from moaa_cluster.engines.chat_template import system_mode
-    from moaa_cluster.models.store import read_manifest
-
-    rec = asdict(spec)
-    stored = read_manifest(Path(spec.path)) if spec.path and Path(spec.path).exists() else None
-    rec["checksums"] = stored["files"] if stored else None
-    try:  # how its system messages were sent: native, or folded into the first user turn
-        rec["system_messages"] = system_mode(spec)
-    except Exception as exc:  # a manifest must not fail a finished run
-        rec["system_messages"] = f"unknown ({type(exc).__name__}: {exc})"
-    return rec

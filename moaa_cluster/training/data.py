@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from moaa_cluster.data.records import Reject, UnreadableFile, describe, read_records
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 
 # the file a stage run directory hands to the next stage
 RUN_FILES = {"sft": "sft.parquet", "dpo": "prefs.parquet"}
@@ -141,6 +141,6 @@ def prepare(kind: str, path: str | Path, limit: int | None = None) -> tuple[list
 
 def write(rows: list[dict], path: Path) -> Path:
     """Writes the validated rows for the workers (atomic)."""
-    from moaa_cluster.pipeline.stage import write_parquet_atomic
+    from moaa_cluster.runs.files import write_parquet_atomic
 
     return write_parquet_atomic(pa.Table.from_pylist(rows), Path(path))

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.training import data as train_data
 from moaa_cluster.training.settings import TrainSettings
 from moaa_cluster.training.worker import EXPORT_DIR, INFO_FILE
@@ -47,10 +47,12 @@ class Scaling:
 
 def is_complete(run_dir: Path) -> bool:
     """A finished training run: its manifest says so and its model directory exists."""
-    manifest = Path(run_dir) / "manifest.json"
-    if not manifest.exists() or not (Path(run_dir) / EXPORT_DIR / "config.json").exists():
+    from moaa_cluster.runs.manifest import Manifest
+
+    manifest = Manifest.load(run_dir)
+    if manifest is None or not (Path(run_dir) / EXPORT_DIR / "config.json").exists():
         return False
-    return json.loads(manifest.read_text()).get("status") == "complete"
+    return manifest.complete
 
 
 def _loops():
@@ -122,16 +124,15 @@ def fit(
     from ray.train.torch import TorchTrainer
 
     from moaa_cluster import runtime
-    from moaa_cluster.pipeline.io import append_jsonl
-    from moaa_cluster.pipeline.stage import check_writable, package_versions
-    from moaa_cluster.pipeline.synth import save_json
+    from moaa_cluster.runs.files import append_jsonl, check_writable
+    from moaa_cluster.runs.manifest import Manifest
 
     t_start = time.monotonic()
     run_dir = Path(run_dir).resolve()
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     if is_complete(run_dir):
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = Manifest.load(run_dir).to_dict()
         print(f"{kind}: already complete in {run_dir} (overwrite=true retrains)", flush=True)
         return manifest
     if not (Path(settings.base_model) / "config.json").exists():
@@ -189,23 +190,25 @@ def fit(
             "after a failure or a rerun",
             flush=True,
         )
-    manifest = {
-        "task": f"train-{kind}",
-        "status": "complete",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "base_model": settings.base_model,
-        "data": str(data_path),
-        "model_dir": str(run_dir / EXPORT_DIR),
-        "counts": {"rows": len(rows), "rejected": len(rejects), "steps": info["global_step"]},
-        "train": {k: v for k, v in info.items() if k != "kind"},
-        "losses": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
-        "settings": settings.to_dict(),
-        "scaling": scaling.__dict__,
-        "timings_s": {"train": round(train_s, 2), "total": round(time.monotonic() - t_start, 2)},
-        "versions": package_versions(),
-        **(manifest_extra or {}),
-    }
-    save_json(run_dir / "manifest.json", manifest)
+    manifest = Manifest(
+        task=f"train-{kind}",
+        status="complete",
+        counts={"rows": len(rows), "rejected": len(rejects), "steps": info["global_step"]},
+        timings_s={"train": train_s, "total": time.monotonic() - t_start},
+        details={
+            "base_model": settings.base_model,
+            "data": str(data_path),
+            "model_dir": str(run_dir / EXPORT_DIR),
+            "train": {k: v for k, v in info.items() if k != "kind"},
+            "losses": {
+                "first": losses[0] if losses else None,
+                "last": losses[-1] if losses else None,
+            },
+            "settings": settings.to_dict(),
+            "scaling": scaling.__dict__,
+            **(manifest_extra or {}),
+        },
+    ).save(run_dir)
     print(
         f"{kind}: {info['global_step']} steps on {len(rows)} rows ({len(rejects)} rejected), "
         f"loss {manifest['losses']['first']} -> {manifest['losses']['last']}, "

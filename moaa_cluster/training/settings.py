@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 
 # TRL/transformers arguments our recipes set themselves; a config that sets them is refused
 # so that nobody wonders which value won

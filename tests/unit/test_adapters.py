@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from moaa_cluster.pipeline.adapters import Conversation, Reject, stable_id, to_conversation
+from moaa_cluster.data.adapters import Conversation, Reject, stable_id, to_conversation
 
 # -- accepted formats ----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.pipeline import best_of_n as bon
 from moaa_cluster.pipeline.derive import _teacher_rows
 

@@ -357,7 +357,7 @@ def paper_mixture(compose, name: str):
 
 
 def mt_bench_rows() -> list[dict]:
-    from moaa_cluster.pipeline.io import Source, load_rows
+    from moaa_cluster.data.sources import Source, load_rows
 
     if not MT_BENCH.exists():
         pytest.skip(f"{MT_BENCH} is absent")

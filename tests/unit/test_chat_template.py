@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 from moaa_cluster.engines import chat_template
 from moaa_cluster.engines.backends import OpenAIBackend, ServeLLMBackend
 from moaa_cluster.engines.chat_template import fold_system, system_mode, template_accepts_system
-from moaa_cluster.engines.spec import ConfigError, ModelSpec, spec_from_dict
+from moaa_cluster.engines.spec import ModelSpec, spec_from_dict
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.prompts import inject_responses
 from moaa_cluster.models.store import GEMMA_CHAT_TEMPLATE
 

@@ -11,9 +11,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from moaa_cluster import build
-from moaa_cluster.engines.spec import ConfigError, ModelSpec, spec_from_dict
+from moaa_cluster.data.sources import Source
+from moaa_cluster.engines.spec import ModelSpec, spec_from_dict
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import Mixture
-from moaa_cluster.pipeline.io import Source
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from moaa_cluster.data.sources import load_rows
 from moaa_cluster.evaluation.answers import (
     BadAnswer,
     attach_baseline,
@@ -22,7 +23,6 @@ from moaa_cluster.pipeline.evaluate import (
     outcome_of,
     summarize_judgments,
 )
-from moaa_cluster.pipeline.io import load_rows
 from tests.conftest import SHARED
 
 ARENA = SHARED / "data" / "arena_hard" / "arena-hard-v0.1"

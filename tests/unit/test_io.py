@@ -1,4 +1,4 @@
-"""Reading instruction sources into rows and rejects (``moaa_cluster.pipeline.io``)."""
+"""Reading instruction sources into rows and rejects (``moaa_cluster.data.sources``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from moaa_cluster.pipeline.io import Source, append_jsonl, load_rows, read_jsonl
+from moaa_cluster.data.sources import Source, load_rows
+from moaa_cluster.runs.files import append_jsonl, read_jsonl
 
 
 def _write_jsonl(path, records):
@@ -169,7 +170,7 @@ def test_lines_the_parser_cannot_take_are_rejects(tmp_path):
 
 
 def test_an_unexpected_error_rejects_only_its_record(tmp_path, monkeypatch):
-    import moaa_cluster.pipeline.io as io_mod
+    import moaa_cluster.data.sources as io_mod
 
     real = io_mod.to_conversation
 

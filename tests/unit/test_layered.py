@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import Agent, Mixture, run_row
 from moaa_cluster.pipeline.layered import (
     PassWorker,
@@ -212,7 +212,7 @@ def _old_call(turn: int, layer: int, seat: int, model: str) -> dict:
 
 def _write_old_pass_shards(run_dir, mixture, passes, rows) -> None:
     """Pass shards of ``rows`` as the code before ``context`` wrote them (every pass done)."""
-    from moaa_cluster.pipeline.stage import write_shard
+    from moaa_cluster.runs.shards import write_shard
 
     _, old_out = _pass_schemas(OLD_CALL, INPUT_SCHEMA)
     for p in passes:
@@ -243,8 +243,8 @@ def _finished(row: dict, calls: list[dict]) -> dict:
 
 
 def test_shards_written_before_the_context_field_still_resume_and_consolidate(tmp_path):
-    from moaa_cluster.pipeline.stage import finished_ids, write_shard
     from moaa_cluster.pipeline.synth import summary_lines, write_outputs
+    from moaa_cluster.runs.shards import finished_ids, write_shard
 
     m = mix(["p1", "p2"], ["agg"])
     rows = [
@@ -295,8 +295,8 @@ def test_shards_written_before_the_context_field_still_resume_and_consolidate(tm
 
 
 def test_rows_that_cannot_fit_are_counted_and_said_in_the_summary(tmp_path):
-    from moaa_cluster.pipeline.stage import write_shard
     from moaa_cluster.pipeline.synth import summary_lines, write_outputs
+    from moaa_cluster.runs.shards import write_shard
 
     row = {"id": "r0", "source": "s", "source_id": "0", "system": None, "turns": ["q"]}
     failed = {

@@ -14,8 +14,10 @@ from moaa_cluster.pipeline.end_to_end import STAGES, is_complete, trained_spec
 
 
 def _manifest(d: Path, **data) -> None:
+    """A manifest as the stage's task writes it (training tasks are `train-<stage>`)."""
     d.mkdir(parents=True, exist_ok=True)
-    (d / "manifest.json").write_text(json.dumps(data))
+    task = d.name if d.name in ("synth", "prefs", "eval") else f"train-{d.name}"
+    (d / "manifest.json").write_text(json.dumps({"task": task, **data}))
 
 
 def test_synth_and_prefs_complete_only_without_failed_rows(tmp_path):
@@ -72,7 +74,7 @@ def test_pipeline_config_builds_every_stage(compose):
 
 
 def test_block_plan_keeps_rows_in_flight_as_small_concurrent_blocks():
-    from moaa_cluster.pipeline.stage import block_plan
+    from moaa_cluster.pipeline.frame import block_plan
 
     # 64 rows, 32 in flight per worker: 16 blocks of 4, 8 of them at once in a worker
     assert block_plan(64, 32) == (16, 4, 8)
@@ -89,7 +91,7 @@ def test_row_worker_records_a_failed_row_and_keeps_the_batch_going():
 
     import pyarrow as pa
 
-    from moaa_cluster.pipeline.stage import RowWorker
+    from moaa_cluster.pipeline.frame import RowWorker
 
     class Doubler(RowWorker):
         schema = pa.schema(

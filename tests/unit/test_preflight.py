@@ -17,7 +17,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from moaa_cluster import build
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.pipeline.end_to_end import preflight, trained_spec
 from moaa_cluster.pipeline.prefs import SAMPLER
 from tests.unit.test_train_recipes import bf16_capable_gpu

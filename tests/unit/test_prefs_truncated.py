@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from moaa_cluster.engines.backends import Completion
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.judge.judge import JudgeSpec
 from moaa_cluster.judge.prompts import JUDGE_AGGREGATOR
 from moaa_cluster.pipeline.prefs import (
@@ -28,7 +28,7 @@ from moaa_cluster.pipeline.prefs import (
     summary_text,
     write_outputs,
 )
-from moaa_cluster.pipeline.stage import shard_dir
+from moaa_cluster.runs.shards import shard_dir
 
 K4_OPENING = JUDGE_AGGREGATOR.split("\n", 1)[0]
 JUDGE = JudgeSpec(name="fake", proposers=("judge",), aggregator="judge", seed=0)

@@ -32,16 +32,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moaa_cluster.data.records import (
-    MAX_DEPTH,
-    Reject,
-    UnreadableFile,
-    check_record,
-    read_records,
-)
-from moaa_cluster.pipeline.adapters import Conversation, stable_id
-from moaa_cluster.pipeline.io import Source, append_jsonl, load_rows, read_jsonl
+from moaa_cluster.data.adapters import Conversation, stable_id
+from moaa_cluster.data.records import MAX_DEPTH, Reject, UnreadableFile, check_record, read_records
+from moaa_cluster.data.sources import Source, load_rows
 from moaa_cluster.pipeline.synth import INPUT_SCHEMA
+from moaa_cluster.runs.files import append_jsonl, read_jsonl
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 # no example database: it would write .hypothesis/ into the working tree
@@ -555,7 +550,7 @@ def _valid_training(draw, kind="sft"):
 
 @given(st.data(), st.sampled_from(["sft", "dpo"]), st.one_of(st.none(), st.integers(1, 10)))
 def test_training_prepare_fuzz(tmp_path_factory, data, kind, limit):
-    from moaa_cluster.engines.spec import ConfigError
+    from moaa_cluster.errors import ConfigError
     from moaa_cluster.training import data as train_data
 
     tmp = tmp_path_factory.mktemp("fz")

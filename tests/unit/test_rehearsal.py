@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from moaa_cluster import build, rehearsal, runtime
-from moaa_cluster.cli import CONF_DIR, nothing_produced
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.cli import CONF_DIR
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.pipeline.end_to_end import STAGES, check_stages
 
 PAPER_STAGE1 = {
@@ -106,17 +106,6 @@ def test_the_stand_in_must_be_a_local_model(compose):
     cfg["stand_in"] = {"name": "x", "max_model_len": 10, "hub_id": "org/x"}
     with pytest.raises(ConfigError, match="stand_in"):
         rehearsal.rehearse(cfg, {})
-
-
-def test_nothing_produced_names_the_counts():
-    synth = {"task": "synth", "counts": {"rows_ok": 0, "rejects_input": 3, "rows_failed": 0}}
-    assert nothing_produced(synth).startswith("no SFT rows produced: 3 rows rejected on input")
-    assert nothing_produced({"task": "synth", "counts": {"rows_ok": 2}}) is None
-    assert "preference pairs" in nothing_produced({"task": "prefs", "counts": {"pairs": 0}})
-    assert "candidate sets" in nothing_produced({"task": "sample", "counts": {"candidate_sets": 0}})
-    assert nothing_produced({"task": "eval", "counts": {"evaluated": 0, "rejects": 1}})
-    assert nothing_produced({"task": "train-sft", "counts": {}}) is None
-    assert nothing_produced(None) is None
 
 
 def test_recipes_choose_their_stages():

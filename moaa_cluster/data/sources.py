@@ -11,15 +11,15 @@ adapting or hashing it becomes its reject, never a failed run.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from moaa_cluster.data.adapters import stable_id, to_conversation
 from moaa_cluster.data.records import Reject, dataset_records, describe, read_records
-from moaa_cluster.pipeline.adapters import stable_id, to_conversation
+from moaa_cluster.runs.files import jsonable
 
 _DATA = Path(__file__).resolve().parent.parent / "data"
 # demo: 40 conversations we wrote (32 single-turn, 8 two-turn); heldout: 12 other single-turn
@@ -129,7 +129,7 @@ def load_rows(sources: list[Source], limit: int | None = None) -> tuple[list[dic
                         "stage": "input",
                         "reason": str(exc) if isinstance(exc, Reject) else describe(exc),
                         # the raw record when it was parsed (None for a line that was not)
-                        "record": _jsonable(rec.record if isinstance(rec, Reject) else rec),
+                        "record": jsonable(rec.record if isinstance(rec, Reject) else rec),
                     }
                 )
                 continue
@@ -147,43 +147,3 @@ def load_rows(sources: list[Source], limit: int | None = None) -> tuple[list[dic
                 }
             )
     return rows, rejects
-
-
-def _jsonable(rec: object) -> object:
-    """``rec`` if JSON can hold it, else its ``repr`` (a rejected record is kept for reading)."""
-    try:
-        json.dumps(rec)
-        return rec
-    except Exception:  # TypeError for bytes and the like, RecursionError, ...
-        try:
-            return repr(rec)
-        except Exception as exc:
-            return f"<{type(rec).__name__} record that cannot be shown: {describe(exc)}>"
-
-
-def append_jsonl(path: Path, records: list[dict]) -> None:
-    """Appends ``records``; the file exists afterwards even when there are none (a run's
-    summary names its ``rejects.jsonl`` whether or not anything was rejected).
-
-    Text is written as UTF-8. A record holding a lone surrogate (a rejected input keeps its
-    raw record) is written with ``\\uXXXX`` escapes instead, which reads back to the same
-    strings.
-    """
-    with open(path, "a", encoding="utf-8") as fh:
-        for rec in records:
-            try:
-                line = json.dumps(rec, ensure_ascii=False, default=str)
-            except Exception:  # a value JSON cannot encode (nested too deep, ...): its repr
-                rec = {k: _jsonable(v) for k, v in rec.items()}
-                line = json.dumps(rec, ensure_ascii=False)
-            try:
-                fh.write(line + "\n")
-            except UnicodeEncodeError:  # raised before anything is written
-                fh.write(json.dumps(rec, default=str) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

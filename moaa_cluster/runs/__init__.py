@@ -1,0 +1,1 @@
+"""Run directories: atomic files, result shards, rejects and the one manifest every task writes."""
