@@ -252,7 +252,7 @@ def engine_session(bench: Bench, backend: str, work_dir: Path) -> Iterator[Sessi
     """
     from contextlib import ExitStack
 
-    from moaa_cluster import runtime
+    from moaa_cluster.engines import host as engine_host
 
     if backend not in ("serve", "openai"):
         raise ValueError(f"backend must be serve or openai, got {backend!r}")
@@ -270,7 +270,9 @@ def engine_session(bench: Bench, backend: str, work_dir: Path) -> Iterator[Sessi
             metrics = sorted({u.removesuffix("/v1") + "/metrics" for u in urls.values()})
         timings: dict[str, float] = {}
         t1 = time.monotonic()
-        stack.enter_context(runtime.engines(bench.cluster, list(specs.values()), timings=timings))
+        stack.enter_context(
+            engine_host.engines(bench.cluster, list(specs.values()), timings=timings)
+        )
         total = time.monotonic() - t1
         if backend == "serve":
             startup["engine_start_s"] = round(timings.get("engine_start", 0.0), 2)
@@ -502,7 +504,7 @@ def run_pipeline(
 
 def run_pass_through(rows: list[dict], bench: Bench, work_dir: Path) -> None:
     """The pipeline's Ray Data stage with :class:`PassThrough` workers (same pool, batches)."""
-    from moaa_cluster.pipeline.frame import stream_rows
+    from moaa_cluster.pipeline.frame import PoolSettings, stream_rows
     from moaa_cluster.pipeline.synth import INPUT_SCHEMA
 
     s = bench.settings
@@ -513,10 +515,9 @@ def run_pass_through(rows: list[dict], bench: Bench, work_dir: Path) -> None:
         {},
         INPUT_SCHEMA,
         Path(tempfile.mkdtemp(prefix="passthrough-", dir=work_dir)),
-        batch_size=s.batch_size,
-        workers=s.workers,
-        worker_cpus=s.worker_cpus,
-        progress=False,
+        PoolSettings(
+            batch_size=s.batch_size, workers=s.workers, worker_cpus=s.worker_cpus, progress=False
+        ),
     )
 
 

@@ -22,7 +22,7 @@ from benchmarks import harness
 
 
 def run(args: argparse.Namespace) -> dict:
-    from moaa_cluster import runtime
+    from moaa_cluster.engines import host as engine_host
 
     bench = harness.load_bench(list(args.override))
     rows = harness.first_turn_rows(args.questions, 1)
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> dict:
     specs = list({s.name: s for s in bench.specs.values()}.values())
     out: dict = {"engines_alone_s": {}, "engines_stop_s": {}}
     t0 = time.monotonic()
-    with runtime.hosting(bench.cluster) as host:
+    with engine_host.hosting(bench.cluster) as host:
         out["ray_init_s"] = round(time.monotonic() - t0, 2)
         for spec in specs:
             t = time.monotonic()

@@ -125,7 +125,7 @@ def prefs_settings(cfg):
 
 def eval_settings(cfg):
     """``EvalSettings`` for ``moaa eval`` from ``conf/eval.yaml``."""
-    from moaa_cluster.pipeline.evaluate import EvalSettings
+    from moaa_cluster.evaluation.settings import EvalSettings
 
     baseline_sampling = cfg.get("baseline_sampling")
     return EvalSettings(
@@ -193,7 +193,7 @@ def pipeline(cfg):
     """All stages' objects for ``moaa pipeline`` (``conf/pipeline.yaml``)."""
     from omegaconf import OmegaConf
 
-    from moaa_cluster.pipeline.end_to_end import STAGES, PipelineParts, check_stages
+    from moaa_cluster.end_to_end import STAGES, PipelineParts, check_stages
 
     mix, synth_specs, defaults = mixture(cfg.mixture)
     judge_spec, judge_specs = judge(cfg.judge)

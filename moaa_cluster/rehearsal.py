@@ -136,23 +136,14 @@ def rehearse(cfg: dict, local_cluster: dict) -> dict:
     Raises:
         ConfigError: A stand-in that is not a local checkpoint, or a bad scale.
     """
-    stand_in = cfg.get("stand_in")
-    if not is_model(stand_in) or not stand_in.get("path"):
-        raise ConfigError("rehearsal needs stand_in: a packaged model with a local path")
-    scale = float(cfg.get("rehearsal_scale", 1.0))
-    if not scale > 0:
-        raise ConfigError(f"rehearsal_scale must be > 0, got {scale}")
+    stand_in, scale = _stand_in(cfg)
     out = scale_max_tokens(copy.deepcopy(cfg), scale) if scale != 1.0 else copy.deepcopy(cfg)
     models = find_models(out)
     cap = context_capacity(stand_in)
     longest = max([int(m["max_model_len"]) for _, m in models] or [stand_in["max_model_len"]])
     engine_len = min(cap, longest)
     engine = f"rehearsal-{stand_in['name']}"
-    kwargs = dict(stand_in.get("engine_kwargs") or {})
-    kwargs["max_model_len"] = engine_len
-    if kwargs.get("enable_chunked_prefill") is False:
-        # a whole prompt is prefilled in one step: the step must hold the longest prompt
-        kwargs["max_num_batched_tokens"] = max(kwargs.get("max_num_batched_tokens", 0), engine_len)
+    kwargs = _engine_kwargs(stand_in, engine_len)
     record: dict = {
         "stand_in": {"name": stand_in["name"], "path": stand_in["path"]},
         "engine": engine,
@@ -162,21 +153,8 @@ def rehearse(cfg: dict, local_cluster: dict) -> dict:
         "notes": [],
     }
     for where, model in models:
-        was = {k: model.get(k) for k in ("path", "hub_id", "base_url", "backend")}
-        was.update({k: model.get(k) for k in ("tensor_parallel_size", "accelerator_type")})
-        record["models"][".".join(map(str, where))] = {"name": model["name"], "was": was}
-        if int(model["max_model_len"]) > cap:
-            record["notes"].append(
-                f"{model['name']}: max_model_len {model['max_model_len']} > the stand-in's "
-                f"{cap}; prompts longer than {cap} tokens cannot be rehearsed"
-            )
-        new = {**model, **CLEARED, "engine": engine, "engine_kwargs": dict(kwargs)}
-        for k in ENGINE_KEYS:  # the stand-in's value, or the default when it sets none
-            if k in stand_in:
-                new[k] = stand_in[k]
-            else:
-                new.pop(k, None)
-        _set(out, where, new)
+        _record_model(record, where, model, cap)
+        _set(out, where, _stood_in(model, stand_in, engine, kwargs))
     if "cluster" in out:
         record["cluster_configured"] = out["cluster"]
         out["cluster"] = copy.deepcopy(local_cluster)
@@ -186,6 +164,50 @@ def rehearse(cfg: dict, local_cluster: dict) -> dict:
         out["output_dir"] = f"{out['output_dir']}{SUFFIX}"
     out["rehearsal"] = record
     return out
+
+
+def _stand_in(cfg: dict) -> tuple[dict, float]:
+    """The config's ``stand_in`` model and ``rehearsal_scale``, checked."""
+    stand_in = cfg.get("stand_in")
+    if not is_model(stand_in) or not stand_in.get("path"):
+        raise ConfigError("rehearsal needs stand_in: a packaged model with a local path")
+    scale = float(cfg.get("rehearsal_scale", 1.0))
+    if not scale > 0:
+        raise ConfigError(f"rehearsal_scale must be > 0, got {scale}")
+    return stand_in, scale
+
+
+def _engine_kwargs(stand_in: dict, engine_len: int) -> dict:
+    """The stand-in engine's vLLM arguments, its context ``engine_len`` tokens."""
+    kwargs = dict(stand_in.get("engine_kwargs") or {})
+    kwargs["max_model_len"] = engine_len
+    if kwargs.get("enable_chunked_prefill") is False:
+        # a whole prompt is prefilled in one step: the step must hold the longest prompt
+        kwargs["max_num_batched_tokens"] = max(kwargs.get("max_num_batched_tokens", 0), engine_len)
+    return kwargs
+
+
+def _record_model(record: dict, where: tuple, model: dict, cap: int) -> None:
+    """Records what ``model`` was (and a note when its context exceeds the stand-in's)."""
+    was = {k: model.get(k) for k in ("path", "hub_id", "base_url", "backend")}
+    was.update({k: model.get(k) for k in ("tensor_parallel_size", "accelerator_type")})
+    record["models"][".".join(map(str, where))] = {"name": model["name"], "was": was}
+    if int(model["max_model_len"]) > cap:
+        record["notes"].append(
+            f"{model['name']}: max_model_len {model['max_model_len']} > the stand-in's "
+            f"{cap}; prompts longer than {cap} tokens cannot be rehearsed"
+        )
+
+
+def _stood_in(model: dict, stand_in: dict, engine: str, kwargs: dict) -> dict:
+    """``model`` answered by the stand-in's engine; its name and context budget kept."""
+    new = {**model, **CLEARED, "engine": engine, "engine_kwargs": dict(kwargs)}
+    for k in ENGINE_KEYS:  # the stand-in's value, or the default when it sets none
+        if k in stand_in:
+            new[k] = stand_in[k]
+        else:
+            new.pop(k, None)
+    return new
 
 
 def cpu_training(cfg: dict) -> list[str]:

@@ -11,6 +11,7 @@ import logging
 import time
 
 from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.runtime import configure_logging, worker_env
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,6 @@ def llm_config(spec: ModelSpec):
     engine_kwargs = engine_args(spec)
     if spec.chat_template:
         engine_kwargs.setdefault("chat_template", spec.chat_template)
-    from moaa_cluster.runtime import worker_env
-
     # A deployment with its own runtime_env does not get the job's (Serve only copies the
     # working_dir), so the offline settings and the cluster's env are passed here in full.
     env = worker_env()
@@ -85,8 +84,6 @@ def start_engines(specs: list[ModelSpec]) -> dict[str, float]:
     from ray.serve.llm import build_llm_deployment
 
     # one engine per served model, however many roles or keys point at it
-    from moaa_cluster.runtime import configure_logging
-
     vllm_specs = list({app_name(s): s for s in specs if s.backend == "vllm"}.values())
     t0 = time.monotonic()
     if vllm_specs:

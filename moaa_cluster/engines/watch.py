@@ -3,7 +3,7 @@
 An engine whose vLLM process dies fails Serve's health checks; Serve stops the replica and
 starts a new one (measured on the 2-core CPU box: marked unhealthy ~30 s after the kill, the
 new replica serving ~75 s later). Rows that reach the engine meanwhile are retried by the
-pipeline (``pipeline.stage.with_retries``). Ray workers' logs stay in the Ray session folder
+pipeline (``engines.faults.with_retries``). Ray workers' logs stay in the Ray session folder
 (``log_to_driver`` is off), so the driver polls Serve's status and says here when an engine
 went down and when it came back.
 """

@@ -1,6 +1,6 @@
 """Evaluation sets and baseline answer sets, matched question by question.
 
-Questions are read with the pipeline's own reader (``pipeline.io.load_rows``), so every
+Questions are read with the pipeline's own reader (``data.sources.load_rows``), so every
 supported record shape works: Arena-Hard / AlpacaEval-style single-turn files (``prompt``,
 ``instruction``), MT-Bench-style ``turns`` (two turns), chat ``messages``. A question's id is
 its source id (``uid``, ``question_id``, ``id``, ...).
@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from moaa_cluster.data.chat import chat_messages
 from moaa_cluster.data.records import Reject, describe, read_records
 from moaa_cluster.data.sources import Source
 
@@ -102,61 +103,7 @@ def parse_answer_record(rec: object, where: str) -> BaselineAnswer:
         (str(rec[k]) for k in ("model_id", "model", "generator") if rec.get(k) is not None), None
     )
     qid = _record_id(rec)
-    question = None
-    if rec.get("choices") is not None:
-        choices = rec["choices"]
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise BadAnswer("'choices' must be a non-empty list of objects")
-        turns = choices[0].get("turns")
-        if not isinstance(turns, list) or not turns:
-            raise BadAnswer("'choices[0].turns' must be a non-empty list")
-        answers = [_content(t, f"choices[0].turns[{i}]") for i, t in enumerate(turns)]
-    elif rec.get("candidates") is not None:  # moaa sample
-        cands = rec["candidates"]
-        if not isinstance(cands, list) or not cands:
-            raise BadAnswer("'candidates' must be a non-empty list")
-        prompt = rec.get("prompt") or []
-        if not isinstance(prompt, list) or not all(
-            isinstance(m, dict) and "role" in m for m in prompt
-        ):
-            raise BadAnswer("'prompt' must be a list of {role, content}")
-        earlier = [
-            _content(m.get("content"), f"prompt[{i}].content")
-            for i, m in enumerate(prompt)
-            if m["role"] == "assistant"
-        ]
-        answers = [*earlier, _content(cands[0], "candidates[0]")]
-        users = [
-            _content(m.get("content"), f"prompt[{i}].content")
-            for i, m in enumerate(prompt)
-            if m["role"] == "user"
-        ]
-        question = users[0] if users else None
-    elif rec.get("messages") is not None:
-        messages = rec["messages"]
-        if not isinstance(messages, list):
-            raise BadAnswer("'messages' must be a list of {role, content}")
-        answers, users = [], []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or "role" not in m:
-                raise BadAnswer(f"messages[{i}] must be an object with 'role' and 'content'")
-            if m["role"] == "assistant":
-                answers.append(_content(m.get("content"), f"messages[{i}].content"))
-            elif m["role"] == "user":
-                users.append(_content(m.get("content"), f"messages[{i}].content"))
-        question = users[0] if users else None
-    elif rec.get("output") is not None:  # AlpacaEval
-        answers = [_content(rec["output"], "'output'")]
-        if isinstance(rec.get("instruction"), str):
-            question = rec["instruction"]
-    elif rec.get("answers") is not None:
-        if not isinstance(rec["answers"], list) or not rec["answers"]:
-            raise BadAnswer("'answers' must be a non-empty list of strings")
-        answers = [_content(a, f"answers[{i}]") for i, a in enumerate(rec["answers"])]
-    elif rec.get("answer") is not None:
-        answers = [_content(rec["answer"], "'answer'")]
-    else:
-        raise BadAnswer("record has none of choices, messages, candidates, output, answers, answer")
+    answers, question = _answers_and_question(rec)
     if not answers:
         raise BadAnswer("record holds no assistant answer")
     if any(not a.strip() for a in answers):
@@ -166,6 +113,74 @@ def parse_answer_record(rec: object, where: str) -> BaselineAnswer:
     return BaselineAnswer(
         answers=tuple(answers), where=where, question_id=qid, question=question, model=model
     )
+
+
+def _answers_and_question(rec: dict) -> tuple[list[str], str | None]:
+    """A record's answer turns, by its shape, and its question's first user turn if carried."""
+    if rec.get("choices") is not None:
+        return _choices_answers(rec["choices"]), None
+    if rec.get("candidates") is not None:  # moaa sample
+        return _candidates_answers(rec)
+    if rec.get("messages") is not None:
+        return _messages_answers(rec["messages"])
+    if rec.get("output") is not None:  # AlpacaEval
+        answers = [_content(rec["output"], "'output'")]
+        question = rec["instruction"] if isinstance(rec.get("instruction"), str) else None
+        return answers, question
+    if rec.get("answers") is not None:
+        if not isinstance(rec["answers"], list) or not rec["answers"]:
+            raise BadAnswer("'answers' must be a non-empty list of strings")
+        return [_content(a, f"answers[{i}]") for i, a in enumerate(rec["answers"])], None
+    if rec.get("answer") is not None:
+        return [_content(rec["answer"], "'answer'")], None
+    raise BadAnswer("record has none of choices, messages, candidates, output, answers, answer")
+
+
+def _choices_answers(choices: object) -> list[str]:
+    """FastChat / Arena-Hard v0.1: the turns of ``choices[0]``."""
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise BadAnswer("'choices' must be a non-empty list of objects")
+    turns = choices[0].get("turns")
+    if not isinstance(turns, list) or not turns:
+        raise BadAnswer("'choices[0].turns' must be a non-empty list")
+    return [_content(t, f"choices[0].turns[{i}]") for i, t in enumerate(turns)]
+
+
+def _candidates_answers(rec: dict) -> tuple[list[str], str | None]:
+    """``moaa sample``: the prompt's earlier answers, then candidate 0; the first user turn."""
+    cands = rec["candidates"]
+    if not isinstance(cands, list) or not cands:
+        raise BadAnswer("'candidates' must be a non-empty list")
+    prompt = rec.get("prompt") or []
+    if not isinstance(prompt, list) or not all(isinstance(m, dict) and "role" in m for m in prompt):
+        raise BadAnswer("'prompt' must be a list of {role, content}")
+    earlier = [
+        _content(m.get("content"), f"prompt[{i}].content")
+        for i, m in enumerate(prompt)
+        if m["role"] == "assistant"
+    ]
+    answers = [*earlier, _content(cands[0], "candidates[0]")]
+    users = [
+        _content(m.get("content"), f"prompt[{i}].content")
+        for i, m in enumerate(prompt)
+        if m["role"] == "user"
+    ]
+    return answers, users[0] if users else None
+
+
+def _messages_answers(messages: object) -> tuple[list[str], str | None]:
+    """Chat ``messages``: the assistant turns, and the first user turn."""
+    if not isinstance(messages, list):
+        raise BadAnswer("'messages' must be a list of {role, content}")
+    answers, users = [], []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            raise BadAnswer(f"messages[{i}] must be an object with 'role' and 'content'")
+        if m["role"] == "assistant":
+            answers.append(_content(m.get("content"), f"messages[{i}].content"))
+        elif m["role"] == "user":
+            users.append(_content(m.get("content"), f"messages[{i}].content"))
+    return answers, users[0] if users else None
 
 
 def _records(path: Path) -> Iterator[tuple[str, object]]:
@@ -295,9 +310,7 @@ def judge_inputs(
     if len(model_answers) != len(turns) or len(baseline_answers) < len(turns):
         raise ValueError("one model and one baseline answer per question turn")
     if len(turns) == 1:
-        prompt = [{"role": "system", "content": system}] if system else []
-        prompt.append({"role": "user", "content": turns[0]})
-        return prompt, model_answers[0], baseline_answers[0]
+        return chat_messages(system, turns[:1]), model_answers[0], baseline_answers[0]
     lines = [f"[System]\n{system}"] if system else []
     lines += [f"[Turn {t + 1}]\n{q}" for t, q in enumerate(turns)]
 

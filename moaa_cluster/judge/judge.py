@@ -33,6 +33,7 @@ from moaa_cluster.judge.prompts import (
     render_question,
 )
 from moaa_cluster.judge.ranking import PairResult, combine_orders, make_plan
+from moaa_cluster.seeds import derive_seed
 
 VERDICT_CHOICES = ["[[A]]", "[[B]]"]
 
@@ -84,10 +85,7 @@ class JudgeSpec:
 def _seeded(spec: JudgeSpec, sampling: dict, key: str, role: str) -> dict:
     if spec.seed is None or sampling.get("seed") is not None:
         return sampling
-    import hashlib
-
-    digest = hashlib.sha256(f"{spec.seed}:{key}:{role}".encode()).digest()
-    return {**sampling, "seed": int.from_bytes(digest[:4], "little") & 0x7FFFFFFF}
+    return {**sampling, "seed": derive_seed(spec.seed, key, role)}
 
 
 def _user(text: str) -> list[dict]:
@@ -172,15 +170,7 @@ async def compare(
     if own_choice:
         choice = await select_criteria(spec, backends, question, answer_a, answer_b, key)
         usage = {k: getattr(choice, k) for k in usage}
-    critiques = await asyncio.gather(
-        *(
-            backends[m].chat(
-                _user(proposer_prompt(choice.criteria, question, answer_a, answer_b)),
-                _seeded(spec, spec.sampling, key, f"critique{n}"),
-            )
-            for n, m in enumerate(spec.proposers)
-        )
-    )
+    critiques = await _critiques(spec, backends, choice.criteria, question, answer_a, answer_b, key)
     for c in critiques:
         _usage(usage, c)
     agg_messages = _user(
@@ -212,6 +202,27 @@ async def compare(
         "recovery_text": recovery_text,
         **usage,
     }
+
+
+async def _critiques(
+    spec: JudgeSpec,
+    backends: dict,
+    criteria: tuple[str, ...],
+    question: str,
+    answer_a: str,
+    answer_b: str,
+    key: str,
+) -> list:
+    """Every proposer judge's critique of one ordered pair (K.3), called concurrently."""
+    return await asyncio.gather(
+        *(
+            backends[m].chat(
+                _user(proposer_prompt(criteria, question, answer_a, answer_b)),
+                _seeded(spec, spec.sampling, key, f"critique{n}"),
+            )
+            for n, m in enumerate(spec.proposers)
+        )
+    )
 
 
 async def _recover(
@@ -315,6 +326,20 @@ async def rank(
         "pairs": [{"i": r.i, "j": r.j, "outcome": str(r.outcome)} for r in results],
         "counts": summarize(comparisons),
     }
+
+
+# the counters of :func:`summarize`, in its order; prefs and eval shards keep each one in a
+# ``judge_<name>`` column
+COUNT_FIELDS = (
+    "comparisons",
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "verdict_unparsed",
+    "verdict_recovered",
+    "verdict_unresolved",
+    "criteria_fallback",
+)
 
 
 def summarize(comparisons: list[dict]) -> dict:

@@ -17,8 +17,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from moaa_cluster.data.chat import chat_messages
 from moaa_cluster.moa.budget import ContextOverflow, Fitted
 from moaa_cluster.moa.prompts import inject_responses
+from moaa_cluster.seeds import derive_seed
 
 # a model's context fitter: (messages without K.1, proposals or None, max_tokens) -> Fitted
 Fit = Callable[[list[dict], list[str] | None, int | None], Fitted]
@@ -121,14 +123,8 @@ def step_parts(mixture: Mixture, step: Step, row: dict) -> tuple[list[dict], lis
     turns = list(row["turns"])
     if step.turn >= len(turns):
         raise IndexError(f"row {row.get('id')} has no turn {step.turn + 1}")
-    messages: list[dict] = []
-    system = row.get("system")
-    if system:
-        messages.append({"role": "system", "content": system})
-    for t in range(step.turn):
-        messages.append({"role": "user", "content": turns[t]})
-        messages.append({"role": "assistant", "content": row[final_column(mixture, t)]})
-    messages.append({"role": "user", "content": turns[step.turn]})
+    answers = [row[final_column(mixture, t)] for t in range(step.turn)]
+    messages = chat_messages(row.get("system"), turns[: step.turn + 1], answers)
     if step.layer == 0:
         return messages, None
     previous = [
@@ -148,48 +144,54 @@ def step_messages(mixture: Mixture, step: Step, row: dict) -> list[dict] | None:
 
 def conversation(mixture: Mixture, row: dict) -> list[dict]:
     """The synthesized conversation: user turns with the aggregator's answers (TRL format)."""
-    messages: list[dict] = []
-    if row.get("system"):
-        messages.append({"role": "system", "content": row["system"]})
-    for t, question in enumerate(row["turns"]):
-        messages.append({"role": "user", "content": question})
-        messages.append({"role": "assistant", "content": row[final_column(mixture, t)]})
-    return messages
+    answers = [row[final_column(mixture, t)] for t in range(len(row["turns"]))]
+    return chat_messages(row.get("system"), row["turns"], answers)
 
 
 def step_seed(base_seed: int | None, row_id: str, step: Step) -> int | None:
     """A per-call sampling seed derived from the row and the step, so reruns reproduce."""
-    if base_seed is None:
-        return None
-    import hashlib
+    return derive_seed(base_seed, row_id, step.column)
 
-    digest = hashlib.sha256(f"{base_seed}:{row_id}:{step.column}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+@dataclass(frozen=True)
+class CallContext:
+    """What every model call of a mixture run on a row shares.
+
+    Attributes:
+        backends: Model name -> an object with ``async chat(messages, sampling)``.
+        defaults: Sampling every call starts from (a seat's own ``sampling`` overrides it).
+        seed: Base of the per-call sampling seeds (:func:`step_seed`); None: unseeded.
+        record_prompts: Keep the exact messages sent in each call's record (as JSON).
+        fits: Model name -> its context fitter (see :func:`run_step`); a model without one
+            sends its prompts as built.
+    """
+
+    backends: dict
+    defaults: dict | None = None
+    seed: int | None = None
+    record_prompts: bool = False
+    fits: dict[str, Fit] | None = None
 
 
 async def run_step(
-    mixture: Mixture,
-    step: Step,
-    state: dict,
-    backend,
-    defaults: dict | None = None,
-    seed: int | None = None,
-    record_prompts: bool = False,
-    fit: Fit | None = None,
+    mixture: Mixture, step: Step, state: dict, calls: CallContext
 ) -> tuple[str, dict]:
     """One model call: ``step``'s answer on a row's ``state`` and its provenance record.
 
-    ``backend`` is an object with ``async chat(messages, sampling)``. With ``record_prompts``
-    the record keeps the exact messages sent (as JSON). ``fit`` (the model's
+    The call goes to ``calls.backends[model]``, an object with ``async chat(messages,
+    sampling)``. With ``calls.record_prompts`` the record keeps the exact messages sent (as
+    JSON). The model's fitter in ``calls.fits`` (a
     :class:`~moaa_cluster.moa.budget.ContextFitter`) shortens carried answers that would not
     fit the model's context; the record's ``context`` says what it cut (None: nothing).
 
     Raises:
-        ContextOverflow: ``fit`` found no way to fit the prompt (the row fails with it).
+        ContextOverflow: the fitter found no way to fit the prompt (the row fails with it).
     """
-    sampling = {**(defaults or {}), **step.agent.sampling}
+    backend = calls.backends[step.agent.model]
+    fit = (calls.fits or {}).get(step.agent.model)
+    sampling = {**(calls.defaults or {}), **step.agent.sampling}
     if sampling.get("seed") is None:
-        sampling["seed"] = step_seed(seed, state["id"], step)
+        sampling["seed"] = step_seed(calls.seed, state["id"], step)
     context = None
     if fit is None:
         messages = step_messages(mixture, step, state)
@@ -212,7 +214,7 @@ async def run_step(
         "completion_tokens": completion.completion_tokens,
         "finish_reason": completion.finish_reason,
         "seconds": round(completion.seconds, 3),
-        "prompt": json.dumps(messages, ensure_ascii=False) if record_prompts else None,
+        "prompt": json.dumps(messages, ensure_ascii=False) if calls.record_prompts else None,
         "context": context,
         # the model's template has no system role: its system text went into the first user
         # turn (engines.chat_template); `prompt` keeps the messages as built, before folding
@@ -221,38 +223,12 @@ async def run_step(
 
 
 async def run_steps(
-    mixture: Mixture,
-    steps: list[Step],
-    state: dict,
-    backends: dict,
-    defaults: dict | None = None,
-    seed: int | None = None,
-    record_prompts: bool = False,
-    fits: dict[str, Fit] | None = None,
+    mixture: Mixture, steps: list[Step], state: dict, calls: CallContext
 ) -> list[tuple[str, dict]]:
-    """The independent ``steps`` (seats of one layer) on ``state``, called concurrently.
-
-    ``fits`` maps a model name to its context fitter (see :func:`run_step`); a model
-    without one sends its prompts as built.
-    """
+    """The independent ``steps`` (seats of one layer) on ``state``, called concurrently."""
     import asyncio
 
-    fits = fits or {}
-    return await asyncio.gather(
-        *(
-            run_step(
-                mixture,
-                s,
-                state,
-                backends[s.agent.model],
-                defaults,
-                seed,
-                record_prompts,
-                fits.get(s.agent.model),
-            )
-            for s in steps
-        )
-    )
+    return await asyncio.gather(*(run_step(mixture, s, state, calls) for s in steps))
 
 
 async def run_row(
@@ -273,14 +249,13 @@ async def run_row(
     Returns:
         The row's answer columns and one provenance record per model call, in step order.
     """
+    context = CallContext(backends, defaults, seed, record_prompts, fits)
     state = dict(row)
     calls: list[dict] = []
     for turn in range(len(row["turns"])):
         for layer_idx, layer in enumerate(mixture.layers):
             steps = [Step(turn, layer_idx, i, agent) for i, agent in enumerate(layer)]
-            results = await run_steps(
-                mixture, steps, state, backends, defaults, seed, record_prompts, fits
-            )
+            results = await run_steps(mixture, steps, state, context)
             for step, (text, record) in zip(steps, results, strict=True):
                 state[step.column] = text
                 calls.append(record)

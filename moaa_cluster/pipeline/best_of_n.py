@@ -7,8 +7,8 @@ whole conversation (the row's system message and user turns, with the candidate'
 in every assistant turn) is rendered with the reward model's chat template and scored by
 vLLM in its pooling runner (``classify``: in vLLM 0.32 a reward model is a sequence
 classifier with one output; ``reward`` and ``score`` as task names were removed). Scoring
-is a ``ray.data.llm`` processor: Best-of-N has no per-row dependencies, so the library's
-batched offline inference fits it as it is.
+is a ``ray.data.llm`` processor (``engines.reward``): Best-of-N has no per-row dependencies,
+so the library's batched offline inference fits it as it is.
 
 Rules (ours; the paper names the reward model, ArmoRM-Llama3-8B, and nothing else):
   * the score is the reward head's raw output (``use_activation=False``): a sigmoid would
@@ -32,7 +32,6 @@ candidate's ``teacher, seat, score, truncated``), and ``...rejects.jsonl`` besid
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -41,17 +40,14 @@ import sys
 import time
 from pathlib import Path
 
+from moaa_cluster.engines.reward import score
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
-from moaa_cluster.pipeline.derive import Teacher, teachers
+from moaa_cluster.moa.teachers import Teacher, teachers
 
 log = logging.getLogger(__name__)
 
 KIND = "best-of-n"
-# the Ray Data LLM task type (ray.llm._internal.batch.constants.vLLMTaskType) that starts vLLM
-# with runner=pooling, convert=classify and sends PoolingParams(task="classify"); its "score"
-# type would send task "score" and convert "reward", both removed in vLLM 0.32
-POOLING_TASK = "classify"
 TRUNCATED_RULES = ("exclude", "allow")
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 
@@ -111,56 +107,64 @@ def assemble(
     """
     out, rejects = [], []
     for row in rows:
-
-        def reject(reason: str, table: list[dict] | None = None, row=row) -> None:
-            rejects.append(
-                {
-                    "id": row["id"],
-                    "source": row.get("source"),
-                    "stage": KIND,
-                    "reason": reason,
-                    "candidates": table,
-                }
-            )
-
-        try:
-            cands = candidates(row, layer)
-        except ValueError as exc:
-            reject(str(exc))
-            continue
-        results = [scored.get((row["id"], c.index), (None, "no score came back")) for c in cands]
-        table = [
-            {"teacher": c.teacher, "seat": c.seat, "score": s, "truncated": c.truncated}
-            for c, (s, _) in zip(cands, results, strict=True)
-        ]
-        failed = [
-            f"{c.teacher} (seat {c.seat}): {err or 'score is not finite'}"
-            for c, (s, err) in zip(cands, results, strict=True)
-            if err is not None or s is None or not math.isfinite(s)
-        ]
-        if failed:
-            reject(
-                f"{len(failed)} of {len(cands)} candidates not scored: " + "; ".join(failed), table
-            )
-            continue
-        best = pick(cands, [s for s, _ in results], truncated)
-        if best is None:
-            reject(
-                f"all {len(cands)} candidates stopped at max_tokens (finish_reason: length)", table
-            )
-            continue
-        out.append(
-            {
-                "id": row["id"],
-                "source": row["source"],
-                "messages": best.messages,
-                "teacher": best.teacher,
-                "reward_model": reward_model,
-                "score": results[best.index][0],
-                "candidates": table,
-            }
-        )
+        picked, reject = _assemble_row(row, scored, reward_model, layer, truncated)
+        if picked is not None:
+            out.append(picked)
+        else:
+            rejects.append(reject)
     return out, rejects
+
+
+def _assemble_row(
+    row: dict,
+    scored: dict[tuple[str, int], tuple[float | None, str | None]],
+    reward_model: str,
+    layer: int,
+    truncated: str,
+) -> tuple[dict | None, dict | None]:
+    """One row's Best-of-N SFT row ``(row, None)``, or ``(None, reject)`` with the reason."""
+
+    def reject(reason: str, table: list[dict] | None = None) -> tuple[None, dict]:
+        return None, {
+            "id": row["id"],
+            "source": row.get("source"),
+            "stage": KIND,
+            "reason": reason,
+            "candidates": table,
+        }
+
+    try:
+        cands = candidates(row, layer)
+    except ValueError as exc:
+        return reject(str(exc))
+    results = [scored.get((row["id"], c.index), (None, "no score came back")) for c in cands]
+    table = [
+        {"teacher": c.teacher, "seat": c.seat, "score": s, "truncated": c.truncated}
+        for c, (s, _) in zip(cands, results, strict=True)
+    ]
+    failed = [
+        f"{c.teacher} (seat {c.seat}): {err or 'score is not finite'}"
+        for c, (s, err) in zip(cands, results, strict=True)
+        if err is not None or s is None or not math.isfinite(s)
+    ]
+    if failed:
+        return reject(
+            f"{len(failed)} of {len(cands)} candidates not scored: " + "; ".join(failed), table
+        )
+    best = pick(cands, [s for s, _ in results], truncated)
+    if best is None:
+        return reject(
+            f"all {len(cands)} candidates stopped at max_tokens (finish_reason: length)", table
+        )
+    return {
+        "id": row["id"],
+        "source": row["source"],
+        "messages": best.messages,
+        "teacher": best.teacher,
+        "reward_model": reward_model,
+        "score": results[best.index][0],
+        "candidates": table,
+    }, None
 
 
 def requests(rows: list[dict], layer: int = 0) -> list[dict]:
@@ -225,158 +229,6 @@ def load_reward_spec(
             "generate text)"
         )
     return spec
-
-
-def _template_text(spec: ModelSpec) -> str | None:
-    """The chat template the reward model's engine would use instead of its tokenizer's."""
-    template = spec.engine_kwargs.get("chat_template") or spec.chat_template
-    if template and Path(os.path.expanduser(template)).is_file():
-        return Path(os.path.expanduser(template)).read_text(encoding="utf-8")
-    return template or None
-
-
-@functools.cache
-def _tokenizer(path: str, trust_remote_code: bool):
-    # cached per Ray worker process: a render task loads the tokenizer once, not per row
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(
-        path, local_files_only=True, trust_remote_code=trust_remote_code
-    )
-
-
-def render(
-    row: dict,
-    *,
-    tokenizer_path: str,
-    chat_template: str | None,
-    fold: bool,
-    max_len: int,
-    trust_remote_code: bool = False,
-) -> dict:
-    """Adds the reward model's token ids for one request, or ``render_error``.
-
-    The whole conversation goes through the reward model's own chat template with no
-    generation prompt (the answer is finished, as reward models are trained). Tokenized
-    without adding special tokens: the template writes the BOS its model wants, and a second
-    one (Llama-3's ``<|begin_of_text|>`` twice) shifts what the reward head sees.
-    """
-    from moaa_cluster.engines.chat_template import fold_system
-
-    out = {**row, "tokenized_prompt": [], "render_error": ""}
-    try:
-        messages = json.loads(row["messages"])
-        if fold:
-            messages = fold_system(messages)
-        tok = _tokenizer(tokenizer_path, trust_remote_code)
-        text = tok.apply_chat_template(
-            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=False
-        )
-        ids = list(tok(text, add_special_tokens=False)["input_ids"])
-        if len(ids) > max_len:
-            out["render_error"] = (
-                f"conversation has {len(ids)} tokens > the reward model's max_model_len {max_len}"
-            )
-        else:
-            out["tokenized_prompt"] = ids
-    except Exception as exc:  # a request can fail only itself
-        out["render_error"] = f"chat template: {type(exc).__name__}: {exc}"[:500]
-    return out
-
-
-def _to_engine(row: dict) -> dict:
-    # raw reward-head output; see the module docstring
-    return {
-        "tokenized_prompt": row["tokenized_prompt"],
-        "pooling_params": {"use_activation": False},
-    }
-
-
-def _from_engine(row: dict) -> dict:
-    error = row.get("__inference_error__") or None
-    score = None
-    if error is None:
-        values = [float(v) for v in list(row["embeddings"])]
-        if len(values) != 1:
-            error = f"the reward head gives {len(values)} outputs; a reward model gives one"
-        else:
-            score = values[0]
-    return {"id": row["id"], "index": int(row["index"]), "score": score, "error": error}
-
-
-def processor_config(spec: ModelSpec, batch_size: int = 16):
-    """The ``ray.data.llm`` processor config that serves ``spec`` in the pooling runner.
-
-    Chat-template, tokenize and detokenize stages are off: :func:`render` tokenizes (the
-    library's chat-template stage renders an assistant-final conversation as a prefill to
-    continue, without the end-of-turn token reward models are trained with), and a pooling
-    output has nothing to detokenize. Three actor pools fewer also means fewer logical CPUs
-    reserved.
-    """
-    from ray.data.llm import vLLMEngineProcessorConfig
-
-    from moaa_cluster.engines.serve_llm import bundles, engine_args
-    from moaa_cluster.runtime import worker_env
-
-    engine_kwargs = engine_args(spec)
-    # the processor sets runner/convert from task_type and warns about its own task_type key
-    for key in ("runner", "chat_template", "task_type"):
-        engine_kwargs.pop(key, None)
-    env = worker_env()
-    return vLLMEngineProcessorConfig(
-        model_source=spec.source,
-        task_type=POOLING_TASK,
-        engine_kwargs=engine_kwargs,
-        batch_size=batch_size,
-        concurrency=spec.replicas,
-        accelerator_type=spec.accelerator_type,
-        placement_group_config={"bundles": bundles(spec)},
-        runtime_env={"env_vars": env} if env else None,
-        chat_template_stage=False,
-        tokenize_stage=False,
-        detokenize_stage=False,
-        should_continue_on_error=True,  # a failed request becomes its row's reject
-        log_engine_metrics=False,
-    )
-
-
-def score(
-    reqs: list[dict], spec: ModelSpec, batch_size: int = 16
-) -> dict[tuple[str, int], tuple[float | None, str | None]]:
-    """Scores every request with the reward model (Ray must be initialized).
-
-    Returns:
-        ``(id, index) -> (score, None)`` or ``(None, reason)`` for every request.
-    """
-    import ray
-    from ray.data.llm import build_processor
-
-    from moaa_cluster.engines.chat_template import FOLD, system_mode
-
-    if not reqs:
-        return {}
-    tokenizer_path = str(Path(os.path.expanduser(spec.path or spec.source)))
-    render_row = functools.partial(
-        render,
-        tokenizer_path=tokenizer_path,
-        chat_template=_template_text(spec),
-        fold=system_mode(spec) == FOLD,
-        max_len=spec.max_model_len,
-        trust_remote_code=spec.trust_remote_code,
-    )
-    blocks = max(1, min(len(reqs) // max(1, batch_size), 64))
-    rendered = ray.data.from_items(reqs, override_num_blocks=blocks).map(render_row).materialize()
-    results: dict[tuple[str, int], tuple[float | None, str | None]] = {}
-    for r in rendered.filter(lambda r: r["render_error"] != "").take_all():
-        results[(r["id"], int(r["index"]))] = (None, r["render_error"])
-    todo = rendered.filter(lambda r: r["render_error"] == "")
-    if todo.count():
-        processor = build_processor(
-            processor_config(spec, batch_size), preprocess=_to_engine, postprocess=_from_engine
-        )
-        for r in processor(todo).take_all():
-            results[(r["id"], r["index"])] = (r["score"], r["error"])
-    return results
 
 
 def run(

@@ -12,63 +12,14 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moaa_cluster.moa.teachers import teachers
+
 KINDS = ("single", "combined", "random")
-
-
-@dataclass(frozen=True)
-class Teacher:
-    """One seat's answers to one instruction, as the conversation that seat would teach.
-
-    Attributes:
-        index: Position among the row's teachers (seat order).
-        seat: The seat that answered.
-        teacher: Its model name; ``model#seat`` when the model sits twice in the layer.
-        messages: System message (if any), then user turns with this seat's answers.
-        truncated: Some turn of its answer stopped on ``finish_reason: length``.
-    """
-
-    index: int
-    seat: int
-    teacher: str
-    messages: list[dict]
-    truncated: bool
-
-
-def teachers(row: dict, layer: int = 0) -> list[Teacher]:
-    """Every seat of ``layer`` in a synth row (solo seats included), in seat order.
-
-    Raises:
-        ValueError: A seat has no answer for one of the row's turns.
-    """
-    seats: dict[int, dict[int, dict]] = {}
-    for call in row["calls"]:
-        if call["layer"] == layer:
-            seats.setdefault(call["seat"], {})[call["turn"]] = call
-    user_turns = [m["content"] for m in row["messages"] if m["role"] == "user"]
-    system = [dict(m) for m in row["messages"][:1] if m["role"] == "system"]
-    out: list[Teacher] = []
-    names: set[str] = set()
-    for index, (seat, by_turn) in enumerate(sorted(seats.items())):
-        messages = list(system)
-        for t, question in enumerate(user_turns):
-            if t not in by_turn:
-                raise ValueError(
-                    f"row {row['id']}: seat {seat} of layer {layer} has no answer for turn {t + 1}"
-                )
-            messages.append({"role": "user", "content": question})
-            messages.append({"role": "assistant", "content": by_turn[t]["text"]})
-        model = by_turn[0]["model"]
-        name = model if model not in names else f"{model}#{seat}"
-        names.add(name)
-        truncated = any(c.get("finish_reason") == "length" for c in by_turn.values())
-        out.append(Teacher(index, seat, name, messages, truncated))
-    return out
 
 
 def _teacher_rows(row: dict, layer: int) -> dict[str, list[dict]]:
@@ -85,18 +36,18 @@ def derive(
     rng = random.Random(seed)
     out = []
     for row in rows:
-        teachers = _teacher_rows(row, layer)
+        by_teacher = _teacher_rows(row, layer)
         if kind == "single":
-            if model not in teachers:
+            if model not in by_teacher:
                 raise ValueError(
-                    f"model {model!r} is not a layer-{layer} seat; seats: {sorted(teachers)}"
+                    f"model {model!r} is not a layer-{layer} seat; seats: {sorted(by_teacher)}"
                 )
-            picked = [(model, teachers[model])]
+            picked = [(model, by_teacher[model])]
         elif kind == "combined":
-            picked = list(teachers.items())
+            picked = list(by_teacher.items())
         else:
-            name = rng.choice(sorted(teachers))
-            picked = [(name, teachers[name])]
+            name = rng.choice(sorted(by_teacher))
+            picked = [(name, by_teacher[name])]
         for name, messages in picked:
             rid = row["id"] if kind != "combined" else f"{row['id']}:{name}"
             out.append({"id": rid, "source": row["source"], "messages": messages, "teacher": name})

@@ -9,15 +9,14 @@ declares only its own columns with :func:`shard_schema`.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
+from moaa_cluster.engines.faults import with_retries
 from moaa_cluster.runs.shards import write_shard
-
-log = logging.getLogger(__name__)
 
 # a chat message as TRL's conversational format has it
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -64,6 +63,27 @@ def block_plan(
     return blocks, per_block, max(1, -(-in_flight // per_block))
 
 
+@dataclass(frozen=True)
+class PoolSettings:
+    """How a task's rows stream: its actor pool and its progress bar.
+
+    Attributes:
+        batch_size: Rows each actor keeps in flight.
+        workers: Actors in the pool, at most.
+        worker_cpus: CPUs each actor reserves.
+        desc: The progress bar's label.
+        progress: Show the progress bar.
+        rows_per_block: Rows per block (:func:`block_plan`); None: :data:`BLOCK_ROWS`.
+    """
+
+    batch_size: int
+    workers: int
+    worker_cpus: float = 0.25
+    desc: str = "rows"
+    progress: bool = True
+    rows_per_block: int | None = None
+
+
 def stream_rows(
     rows: list[dict],
     input_schema: pa.Schema,
@@ -71,20 +91,14 @@ def stream_rows(
     worker_kwargs: dict,
     output_schema: pa.Schema,
     run_dir: Path,
-    *,
-    batch_size: int,
-    workers: int,
-    worker_cpus: float = 0.25,
-    desc: str = "rows",
-    progress: bool = True,
-    rows_per_block: int | None = None,
+    pool: PoolSettings,
 ) -> int:
     """Streams ``rows`` through ``worker_cls`` actors; writes shards as blocks finish.
 
     ``worker_cls(**worker_kwargs)`` must be an async callable taking and yielding a
-    ``pyarrow.Table`` batch with ``output_schema``'s columns. Each of the ``workers`` actors
-    keeps ``batch_size`` rows in flight, as blocks of ``rows_per_block`` rows
-    (:func:`block_plan`) that run concurrently in the actor.
+    ``pyarrow.Table`` batch with ``output_schema``'s columns. Each of the ``pool.workers``
+    actors keeps ``pool.batch_size`` rows in flight, as blocks of ``pool.rows_per_block``
+    rows (:func:`block_plan`) that run concurrently in the actor.
 
     Returns:
         Number of rows written.
@@ -98,7 +112,7 @@ def stream_rows(
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # our own bar below counts finished rows, with an ETA
     ctx.print_on_execution_start = False
-    blocks, per_block, concurrent = block_plan(len(rows), batch_size, rows_per_block)
+    blocks, per_block, concurrent = block_plan(len(rows), pool.batch_size, pool.rows_per_block)
     ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=input_schema)).repartition(blocks)
     ds = ds.map_batches(
         worker_cls,
@@ -107,14 +121,14 @@ def stream_rows(
         batch_format="pyarrow",
         # an async worker runs several blocks at once in its event loop
         compute=ActorPoolStrategy(
-            size=max(1, min(workers, -(-blocks // concurrent))),
+            size=max(1, min(pool.workers, -(-blocks // concurrent))),
             max_tasks_in_flight_per_actor=concurrent,
             max_concurrent_calls_per_actor=concurrent,
         ),
-        num_cpus=worker_cpus,
+        num_cpus=pool.worker_cpus,
     )
     written = 0
-    with tqdm(total=len(rows), desc=desc, unit="row", disable=not progress) as bar:
+    with tqdm(total=len(rows), desc=pool.desc, unit="row", disable=not pool.progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             if batch.num_rows == 0:
                 continue
@@ -162,87 +176,3 @@ class RowWorker:
     async def __call__(self, batch: pa.Table):
         results = await asyncio.gather(*(self._one(r) for r in batch.to_pylist()))
         yield pa.Table.from_pylist(results, schema=self.schema)
-
-
-TRANSIENT_MARKERS = (
-    "EngineDeadError",
-    "EngineGenerateError",
-    "ActorDiedError",
-    "ActorUnavailableError",
-    "RayActorError",
-    "DeploymentUnavailableError",
-    "BackPressureError",
-    "TimeoutError",
-    "ConnectError",
-    "ReadTimeout",
-    "RemoteProtocolError",
-    "HTTP 503",
-    "HTTP 502",
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors that a restarted engine or a moment's wait can fix (not bad input)."""
-    text = f"{type(exc).__name__}: {exc}"
-    return any(marker in text for marker in TRANSIENT_MARKERS)
-
-
-def brief_error(exc: BaseException, limit: int = 240) -> str:
-    """One line for a log: the innermost ``Type: message`` of an error.
-
-    Errors from a Ray actor carry the remote traceback in their text; its last line names
-    the error that actually happened (``...EngineDeadError: EngineCore encountered ...``).
-    """
-    lines = [ln.strip() for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(exc).__name__
-    head, sep, rest = last.partition(": ")
-    if sep and "." in head and " " not in head:  # vllm.v1.engine.exceptions.EngineDeadError
-        last = f"{head.rsplit('.', 1)[-1]}: {rest}"
-    return last if len(last) <= limit else last[: limit - 3] + "..."
-
-
-async def with_retries(
-    fn,
-    *,
-    attempts: int = 4,
-    wait_s: float = 20.0,
-    on_retry=None,
-    label: str | None = None,
-):
-    """Awaits ``fn()``; on a transient error waits (doubling) and tries again.
-
-    An engine that dies is restarted by Serve's health check: measured on the 2-core CPU
-    box, Serve marks it unhealthy ~30 s after the kill and the new replica serves ~75 s
-    later. The default schedule (20 + 40 + 80 s) outlasts that. Other errors propagate at
-    once.
-
-    Args:
-        fn: Coroutine function to await (called again for each attempt).
-        attempts: Tries in all.
-        wait_s: Wait before the first retry; doubled before each later one.
-        on_retry: Called as ``on_retry(attempt, exc)`` before each wait.
-        label: What is retried (``"row <id>"``); when given, each retry is logged in one
-            line with the error and the wait.
-    """
-    import asyncio
-
-    for attempt in range(1, attempts + 1):
-        try:
-            return await fn()
-        except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            wait = wait_s * 2 ** (attempt - 1)
-            if label is not None:
-                log.warning(
-                    "%s: transient engine error (%s); retry %d of %d in %.0f s",
-                    label,
-                    brief_error(exc),
-                    attempt,
-                    attempts - 1,
-                    wait,
-                )
-            if on_retry is not None:
-                on_retry(attempt, exc)
-            await asyncio.sleep(wait)
-    raise AssertionError("unreachable")

@@ -20,10 +20,11 @@ import pyarrow as pa
 from moaa_cluster.data.records import Reject, describe, read_records
 from moaa_cluster.engines.describe import model_record
 from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
-from moaa_cluster.pipeline.frame import MESSAGE, RowWorker, shard_schema, stream_rows
+from moaa_cluster.pipeline.frame import MESSAGE, PoolSettings, RowWorker, shard_schema, stream_rows
 from moaa_cluster.runs.files import save_json
-from moaa_cluster.runs.manifest import Manifest
-from moaa_cluster.runs.shards import consolidate, finished_ids, open_run
+from moaa_cluster.runs.options import RunOptions
+from moaa_cluster.runs.shards import consolidate
+from moaa_cluster.runs.task_run import TaskRun, write_rejects
 
 _HH_TURN = re.compile(r"\n\nHuman: |\n\nAssistant: ")
 
@@ -237,52 +238,26 @@ def evaluate_judges(
     pairs_path: Path,
     judges: list[JudgeSpec],
     specs: dict,
-    run_dir: Path,
-    cluster: dict,
+    opts: RunOptions,
     *,
-    limit: int | None = None,
     batch_size: int = 4,
     workers: int = 2,
-    progress: bool = True,
-    keep_engines: bool = False,
-    manifest_extra: dict | None = None,
 ) -> list[dict]:
     """Judges every labeled pair with every judge; writes and prints the metrics table."""
-    from moaa_cluster import runtime
-    from moaa_cluster.runs.files import append_jsonl
-
-    t_start = time.monotonic()
-    run_dir = open_run(run_dir, specs.values())
-    pairs, rejects = load_pairs(Path(pairs_path), limit)
-    done = finished_ids(run_dir)
-    todo = [p for p in pairs if p["id"] not in done]
-    timings: dict[str, float] = {}
-    ray_report: dict = {}  # Ray session, engines released, placement groups left
+    run = TaskRun.open(opts, specs.values())
+    pairs, rejects = load_pairs(Path(pairs_path), opts.limit)
+    todo = run.todo(pairs)
     if todo:
-        with runtime.engines(
-            cluster, list(specs.values()), keep=keep_engines, timings=timings, report=ray_report
-        ):
-            t0 = time.monotonic()
-            stream_rows(
-                todo,
-                INPUT_SCHEMA,
-                JudgeEvalWorker,
-                {"judges": judges, "specs": specs},
-                SHARD_SCHEMA,
-                run_dir,
-                batch_size=batch_size,
-                workers=workers,
-                desc="judge pairs",
-                progress=progress,
-            )
-            timings["judging"] = time.monotonic() - t0
-    finished, failed = consolidate(run_dir)
+        pool = PoolSettings(
+            batch_size=batch_size, workers=workers, desc="judge pairs", progress=opts.progress
+        )
+        _judge(todo, judges, specs, pool, run)
+    finished, failed = consolidate(run.run_dir)
     wanted = {p["id"] for p in pairs}
     finished = [r for r in finished if r["id"] in wanted]
     table = metrics(finished, judges)
-    (run_dir / "rejects.jsonl").unlink(missing_ok=True)
-    append_jsonl(
-        run_dir / "rejects.jsonl",
+    write_rejects(
+        run.run_dir,
         rejects
         + [
             {"where": r["id"], "stage": "inference", "reason": r["error"]}
@@ -290,40 +265,57 @@ def evaluate_judges(
             if r["id"] in wanted
         ],
     )
-    timings["total"] = time.monotonic() - t_start
+    run.timings["total"] = run.elapsed()
     text = format_table(table)
-    (run_dir / "judge_eval.md").write_text(text + "\n")
+    (run.run_dir / "judge_eval.md").write_text(text + "\n")
     save_json(
-        run_dir / "judge_eval.json",
-        {"table": table, "timings_s": timings, "pairs": len(pairs), "rejects": len(rejects)},
+        run.run_dir / "judge_eval.json",
+        {"table": table, "timings_s": run.timings, "pairs": len(pairs), "rejects": len(rejects)},
     )
-    n_failed = sum(1 for r in failed if r["id"] in wanted)
-    Manifest(
-        task="judge-eval",
-        counts={
-            "pairs": len(pairs),
-            "judged": len(finished),
-            "rows_failed": n_failed,
-            "rejects_input": len(rejects),
-            # shards written before the frame kept `retries` have none
-            "rows_retried": sum(1 for r in finished + failed if r.get("retries")),
-            "per_judge": {
-                row["judge"]: {k: row[k] for k in ("calls", "prompt_tokens", "completion_tokens")}
-                for row in table
-            },
+    counts = {
+        "pairs": len(pairs),
+        "judged": len(finished),
+        "rows_failed": sum(1 for r in failed if r["id"] in wanted),
+        "rejects_input": len(rejects),
+        # shards written before the frame kept `retries` have none
+        "rows_retried": sum(1 for r in finished + failed if r.get("retries")),
+        "per_judge": {
+            row["judge"]: {k: row[k] for k in ("calls", "prompt_tokens", "completion_tokens")}
+            for row in table
         },
-        timings_s=timings,
-        models={k: model_record(s) for k, s in specs.items()},
-        details={
-            "metrics": {
-                row["judge"]: {
-                    k: row[k] for k in ("accuracy", "position_consistency", "parse_fail_after")
-                }
-                for row in table
-            },
-            "ray": ray_report or None,
-            **(manifest_extra or {}),
-        },
-    ).save(run_dir)
+    }
+    metrics_record = {
+        row["judge"]: {k: row[k] for k in ("accuracy", "position_consistency", "parse_fail_after")}
+        for row in table
+    }
+    models = {k: model_record(s) for k, s in specs.items()}
+    run.save_manifest("judge-eval", counts, models, {"metrics": metrics_record})
     print(text, flush=True)
     return table
+
+
+def _judge(
+    todo: list[dict], judges: list[JudgeSpec], specs: dict, pool: PoolSettings, run: TaskRun
+) -> None:
+    """Streams the ``todo`` pairs through :class:`JudgeEvalWorker`, every engine resident."""
+    from moaa_cluster.engines import host as engine_host
+
+    opts = run.opts
+    with engine_host.engines(
+        opts.cluster,
+        list(specs.values()),
+        keep=opts.keep_engines,
+        timings=run.timings,
+        report=run.ray,
+    ):
+        t0 = time.monotonic()
+        stream_rows(
+            todo,
+            INPUT_SCHEMA,
+            JudgeEvalWorker,
+            {"judges": judges, "specs": specs},
+            SHARD_SCHEMA,
+            run.run_dir,
+            pool,
+        )
+        run.timings["judging"] = time.monotonic() - t0

@@ -20,13 +20,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
+from moaa_cluster.engines.placement import Capacity, first_fit_waves
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
-from moaa_cluster.moa.mixture import Mixture, Step, conversation, run_steps
-from moaa_cluster.pipeline.frame import RowWorker, stream_rows
+from moaa_cluster.moa.mixture import CallContext, Mixture, Step, conversation, run_steps
+from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, stream_rows
+from moaa_cluster.runs.options import RunOptions
 from moaa_cluster.runs.shards import consolidate, write_shard
 
 log = logging.getLogger(__name__)
@@ -53,44 +56,39 @@ class Pass:
         return f"turn {self.turn + 1} layer {self.layer + 1} ({', '.join(self.models)})"
 
 
-def layer_waves(mixture: Mixture, fits) -> list[list[tuple[str, ...]]]:
+def layer_waves(mixture: Mixture, capacity: Capacity) -> list[list[tuple[str, ...]]]:
     """For each layer, its distinct models grouped into waves that fit together.
 
-    Greedy in seat order: a model joins the current wave if ``fits`` accepts the wave with
-    it, otherwise it opens the next wave.
+    The planner's wave function (``engines.placement.waves.first_fit_waves``), so the passes
+    are the stages ``moaa plan`` prints: a layer's models all at once when they fit, else
+    first-fit decreasing by size; a wave sharing an engine with the previous layer's last
+    wave runs first, one sharing an engine with the next layer last. Seat order within a
+    layer does not matter for the outputs: answers are kept by (turn, layer, seat).
 
     Args:
-        fits: ``fits(keys)`` returns None or raises ``ConfigError`` saying why those engines
-            cannot be resident together.
+        capacity: Engine sizes and the fit check (``engines.host.preflight_capacity``).
 
     Raises:
         ConfigError: A single model does not fit alone.
     """
     out = []
-    for layer in mixture.layers:
+    prev: tuple[str, ...] = ()
+    for i, layer in enumerate(mixture.layers):
         models = list(dict.fromkeys(a.model for a in layer))
-        waves: list[list[str]] = []
-        wave: list[str] = []
-        for m in models:
-            try:
-                fits([*wave, m])
-                wave.append(m)
-            except ConfigError:
-                if not wave:
-                    raise
-                waves.append(wave)
-                fits([m])  # alone it must fit, or the mixture cannot run here at all
-                wave = [m]
-        waves.append(wave)
-        out.append([tuple(w) for w in waves])
+        nxt = [a.model for a in mixture.layers[i + 1]] if i + 1 < len(mixture.layers) else []
+        waves = first_fit_waves(models, capacity, before=prev, after=list(dict.fromkeys(nxt)))
+        out.append(waves)
+        prev = waves[-1]
     return out
 
 
-def plan_passes(mixture: Mixture, fits, execution: str, max_turns: int) -> list[Pass] | None:
+def plan_passes(
+    mixture: Mixture, capacity: Capacity, execution: str, max_turns: int
+) -> list[Pass] | None:
     """The passes a run makes, or None when all engines are resident together.
 
     Args:
-        fits: See :func:`layer_waves`.
+        capacity: See :func:`layer_waves`.
         execution: ``auto`` (resident when everything fits, else layered), ``resident``
             (refuse when it does not fit) or ``layered`` (always pass by pass).
         max_turns: The most turns of any row.
@@ -99,13 +97,13 @@ def plan_passes(mixture: Mixture, fits, execution: str, max_turns: int) -> list[
         raise ConfigError(f"execution must be one of {list(EXECUTIONS)}, got {execution!r}")
     if execution != "layered":
         try:
-            fits(mixture.models)
+            capacity.fits(mixture.models)
             return None
         except ConfigError as exc:
             if execution == "resident":
                 raise
             log.info("the mixture's engines do not fit together (%s): running layer by layer", exc)
-    waves = layer_waves(mixture, fits)
+    waves = layer_waves(mixture, capacity)
     passes = []
     for turn in range(max_turns):
         for layer_idx, layer in enumerate(mixture.layers):
@@ -113,16 +111,6 @@ def plan_passes(mixture: Mixture, fits, execution: str, max_turns: int) -> list[
                 seats = tuple(i for i, a in enumerate(layer) if a.model in wave)
                 passes.append(Pass(turn, layer_idx, seats, wave))
     return passes
-
-
-def planner_fits(specs: dict[str, ModelSpec], cluster: dict):
-    """``fits(keys)``: the pre-flight check (``runtime.preflight``) on those models' engines."""
-    from moaa_cluster import runtime
-
-    def fits(keys) -> None:
-        runtime.preflight(cluster, [specs[k] for k in keys])
-
-    return fits
 
 
 def _pass_schemas(call_type: pa.DataType, input_schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
@@ -155,7 +143,7 @@ class PassWorker(RowWorker):
     ):
         """``backends`` and ``fits`` (context fitters) default to ones built from ``specs``."""
         from moaa_cluster.engines.backends import make_backend
-        from moaa_cluster.moa.budget import load_fitters
+        from moaa_cluster.moa.fitters import load_fitters
 
         self.mixture = mixture
         self.settings = settings
@@ -183,11 +171,7 @@ class PassWorker(RowWorker):
             self.mixture,
             steps,
             state,
-            self.backends,
-            s.defaults,
-            s.seed,
-            s.record_prompts,
-            self.fits,
+            CallContext(self.backends, s.defaults, s.seed, s.record_prompts, self.fits),
         )
         out["state"] = json.dumps(
             {st.column: text for st, (text, _) in zip(steps, results, strict=True)}
@@ -195,37 +179,110 @@ class PassWorker(RowWorker):
         out["calls"] = [rec for _, rec in results]
 
 
+@dataclass(frozen=True)
+class LayeredJob:
+    """What every pass of a layer-by-layer run works with.
+
+    Attributes:
+        mixture: The mixture.
+        specs: Its model specs by key.
+        settings: The run's ``SynthSettings`` (sampling, seed, worker pool).
+        input_schema: The resident path's row schema (``pipeline.synth``).
+        shard_schema: The resident path's shard schema, so both paths write the same shards.
+    """
+
+    mixture: Mixture
+    specs: dict[str, ModelSpec]
+    settings: Any
+    input_schema: pa.Schema
+    shard_schema: pa.Schema
+
+    def pool(self, desc: str, progress: bool) -> PoolSettings:
+        """The Ray Data worker pool of one pass, as the settings size it."""
+        s = self.settings
+        return PoolSettings(
+            batch_size=s.batch_size,
+            workers=s.workers,
+            worker_cpus=s.worker_cpus,
+            desc=desc,
+            progress=progress,
+            rows_per_block=s.rows_per_block,
+        )
+
+
+class _Answers:
+    """Each row's answers, calls and retries gathered pass by pass, and why a row failed.
+
+    Answers are kept by answer column and calls sorted by (turn, layer, seat), so the order
+    of the passes within a layer does not change a row's output.
+    """
+
+    def __init__(self, rows: list[dict]):
+        self.states: dict[str, dict] = {r["id"]: {} for r in rows}
+        self.calls: dict[str, list] = {r["id"]: [] for r in rows}
+        self.retries: dict[str, int] = {r["id"]: 0 for r in rows}
+        self.failed: dict[str, str] = {}
+
+    def pass_rows(self, rows: list[dict], job: LayeredJob) -> list[dict]:
+        """``rows`` as a pass reads them: the input columns and the answers so far (JSON)."""
+        return [
+            {**{n: r[n] for n in job.input_schema.names}, "state": json.dumps(self.states[r["id"]])}
+            for r in rows
+        ]
+
+    def add(self, ok: list[dict], bad: list[dict], wanted: set[str], label: str) -> None:
+        """Merges one pass's finished (``ok``) and failed (``bad``) rows of ``wanted``."""
+        for r in ok:
+            if r["id"] in wanted:
+                self.states[r["id"]].update(json.loads(r["state"]))
+                self.calls[r["id"]].extend(r["calls"])
+                self.retries[r["id"]] += r["retries"] or 0
+        for r in bad:
+            if r["id"] in wanted:
+                self.failed[r["id"]] = f"{label}: {r['error']}"
+
+    def rows(self, rows: list[dict], job: LayeredJob) -> list[dict]:
+        """The finished rows in the resident path's shard schema."""
+        out = []
+        for r in rows:
+            rid = r["id"]
+            error = self.failed.get(rid)
+            out.append(
+                {
+                    **{n: r[n] for n in job.input_schema.names},
+                    "messages": []
+                    if error
+                    else conversation(job.mixture, {**r, **self.states[rid]}),
+                    "calls": sorted(
+                        self.calls[rid], key=lambda c: (c["turn"], c["layer"], c["seat"])
+                    ),
+                    "error": error,
+                    "finished_at": time.time(),
+                    "retries": self.retries[rid],
+                }
+            )
+        return out
+
+
 def run_layered(
-    rows: list[dict],
-    mixture: Mixture,
-    specs: dict[str, ModelSpec],
-    settings,
-    run_dir: Path,
-    passes: list[Pass],
-    host,
-    *,
-    input_schema: pa.Schema,
-    shard_schema: pa.Schema,
-    progress: bool = True,
+    rows: list[dict], job: LayeredJob, passes: list[Pass], host, opts: RunOptions
 ) -> int:
     """Runs ``passes`` over ``rows``; writes the finished rows to the run's shards.
 
     Args:
-        host: ``runtime.EngineHost``; ``host.use(specs)`` makes a pass's engines resident.
-        input_schema, shard_schema: The resident path's row and shard schemas
-            (``pipeline.synth``), so both paths write the same shards.
+        host: ``engines.host.EngineHost``; ``host.use(specs)`` makes a pass's engines resident.
+        opts: The run's options: ``run_dir`` (passes write under ``<run_dir>/passes``) and
+            ``progress``.
 
     Returns:
         Rows written (finished or failed).
     """
-    pass_in, pass_out = _pass_schemas(shard_schema.field("calls").type.value_type, input_schema)
-    states: dict[str, dict] = {r["id"]: {} for r in rows}
-    calls: dict[str, list] = {r["id"]: [] for r in rows}
-    retries: dict[str, int] = {r["id"]: 0 for r in rows}
-    failed: dict[str, str] = {}
+    call_type = job.shard_schema.field("calls").type.value_type
+    pass_in, pass_out = _pass_schemas(call_type, job.input_schema)
+    answers = _Answers(rows)
     for i, p in enumerate(passes, start=1):
-        pass_dir = Path(run_dir) / "passes" / p.name
-        todo = [r for r in rows if r["id"] not in failed and p.turn < len(r["turns"])]
+        pass_dir = Path(opts.run_dir) / "passes" / p.name
+        todo = [r for r in rows if r["id"] not in answers.failed and p.turn < len(r["turns"])]
         ok, bad = consolidate(pass_dir)
         done_before = {r["id"] for r in ok}
         remaining = [r for r in todo if r["id"] not in done_before]
@@ -235,54 +292,25 @@ def run_layered(
             flush=True,
         )
         if remaining:
-            host.use([specs[k] for k in p.models])
+            host.use([job.specs[k] for k in p.models])
             stream_rows(
-                [
-                    {**{n: r[n] for n in input_schema.names}, "state": json.dumps(states[r["id"]])}
-                    for r in remaining
-                ],
+                answers.pass_rows(remaining, job),
                 pass_in,
                 PassWorker,
                 {
-                    "mixture": mixture,
-                    "specs": specs,
-                    "settings": settings,
+                    "mixture": job.mixture,
+                    "specs": job.specs,
+                    "settings": job.settings,
                     "step": p,
                     "output_schema": pass_out,
                 },
                 pass_out,
                 pass_dir,
-                batch_size=settings.batch_size,
-                workers=settings.workers,
-                worker_cpus=settings.worker_cpus,
-                desc=f"synth pass {i}/{len(passes)}",
-                progress=progress,
-                rows_per_block=settings.rows_per_block,
+                job.pool(f"synth pass {i}/{len(passes)}", opts.progress),
             )
             ok, bad = consolidate(pass_dir)
-        wanted = {r["id"] for r in todo}
-        for r in ok:
-            if r["id"] in wanted:
-                states[r["id"]].update(json.loads(r["state"]))
-                calls[r["id"]].extend(r["calls"])
-                retries[r["id"]] += r["retries"] or 0
-        for r in bad:
-            if r["id"] in wanted:
-                failed[r["id"]] = f"{p.label}: {r['error']}"
-    out = []
-    for r in rows:
-        rid = r["id"]
-        error = failed.get(rid)
-        out.append(
-            {
-                **{n: r[n] for n in input_schema.names},
-                "messages": [] if error else conversation(mixture, {**r, **states[rid]}),
-                "calls": sorted(calls[rid], key=lambda c: (c["turn"], c["layer"], c["seat"])),
-                "error": error,
-                "finished_at": time.time(),
-                "retries": retries[rid],
-            }
-        )
+        answers.add(ok, bad, {r["id"] for r in todo}, p.label)
+    out = answers.rows(rows, job)
     if out:
-        write_shard(run_dir, pa.Table.from_pylist(out, schema=shard_schema))
+        write_shard(opts.run_dir, pa.Table.from_pylist(out, schema=job.shard_schema))
     return len(out)

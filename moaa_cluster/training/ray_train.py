@@ -17,6 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from moaa_cluster.errors import ConfigError
+from moaa_cluster.runs.manifest import Manifest
+from moaa_cluster.runs.options import RunOptions
+from moaa_cluster.runs.task_run import write_rejects
 from moaa_cluster.training import data as train_data
 from moaa_cluster.training.settings import TrainSettings
 from moaa_cluster.training.worker import EXPORT_DIR, INFO_FILE
@@ -47,8 +50,6 @@ class Scaling:
 
 def is_complete(run_dir: Path) -> bool:
     """A finished training run: its manifest says so and its model directory exists."""
-    from moaa_cluster.runs.manifest import Manifest
-
     manifest = Manifest.load(run_dir)
     if manifest is None or not (Path(run_dir) / EXPORT_DIR / "config.json").exists():
         return False
@@ -107,52 +108,99 @@ def fit(
     kind: str,
     data_path: str | Path,
     settings: TrainSettings,
-    run_dir: Path,
-    cluster: dict,
     scaling: Scaling,
-    *,
-    overwrite: bool = False,
-    limit: int | None = None,
-    manifest_extra: dict | None = None,
+    opts: RunOptions,
 ) -> dict:
-    """Trains ``settings.base_model`` on ``data_path`` under Ray Train; returns the manifest.
+    """Trains ``settings.base_model`` on ``data_path`` under Ray Train into ``opts.run_dir``;
+    returns the manifest.
 
     Rerunning the same command resumes from Ray Train's latest checkpoint; a finished run is
-    skipped (``overwrite`` starts over).
+    skipped (``opts.overwrite`` starts over). ``opts.limit`` caps the rows trained on;
+    ``opts.manifest_extra`` goes into the manifest.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from moaa_cluster import runtime
-    from moaa_cluster.runs.files import append_jsonl, check_writable
-    from moaa_cluster.runs.manifest import Manifest
+    from moaa_cluster.runs.files import check_writable
 
     t_start = time.monotonic()
-    run_dir = Path(run_dir).resolve()
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if is_complete(run_dir):
-        manifest = Manifest.load(run_dir).to_dict()
-        print(f"{kind}: already complete in {run_dir} (overwrite=true retrains)", flush=True)
-        return manifest
+    run_dir = Path(opts.run_dir).resolve()
+    done = _finished_run(kind, run_dir, opts.overwrite)
+    if done is not None:
+        return done
     if not (Path(settings.base_model) / "config.json").exists():
         raise ConfigError(f"base model {settings.base_model} is not an HF checkpoint directory")
     # absolute: the Ray Train workers do not run in the driver's working directory
     settings = replace(settings, base_model=str(Path(settings.base_model).resolve()))
     check_writable(run_dir)
+    settings, n_rows, n_rejected = _prepare_data(kind, data_path, settings, run_dir, opts.limit)
+    check_recipe(kind, settings, scaling)
+    runtime.init_ray(opts.cluster)
+    t0 = time.monotonic()
+    result = _trainer(kind, settings, scaling, run_dir).fit()
+    train_s = time.monotonic() - t0
+    info, losses = _collect(kind, result, run_dir)
+    manifest = Manifest(
+        task=f"train-{kind}",
+        status="complete",
+        counts={"rows": n_rows, "rejected": n_rejected, "steps": info["global_step"]},
+        timings_s={"train": train_s, "total": time.monotonic() - t_start},
+        details={
+            "base_model": settings.base_model,
+            "data": str(data_path),
+            "model_dir": str(run_dir / EXPORT_DIR),
+            "train": {k: v for k, v in info.items() if k != "kind"},
+            "losses": {
+                "first": losses[0] if losses else None,
+                "last": losses[-1] if losses else None,
+            },
+            "settings": settings.to_dict(),
+            "scaling": scaling.__dict__,
+            **opts.manifest_extra,
+        },
+    ).save(run_dir)
+    print(
+        f"{kind}: {info['global_step']} steps on {n_rows} rows ({n_rejected} rejected), "
+        f"loss {manifest['losses']['first']} -> {manifest['losses']['last']}, "
+        f"{train_s:.0f} s; model: {run_dir / EXPORT_DIR}",
+        flush=True,
+    )
+    return manifest
 
+
+def _finished_run(kind: str, run_dir: Path, overwrite: bool) -> dict | None:
+    """The manifest of a run already complete in ``run_dir`` (``overwrite`` deletes it first),
+    or None when there is training to do."""
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if not is_complete(run_dir):
+        return None
+    manifest = Manifest.load(run_dir).to_dict()
+    print(f"{kind}: already complete in {run_dir} (overwrite=true retrains)", flush=True)
+    return manifest
+
+
+def _prepare_data(
+    kind: str, data_path: str | Path, settings: TrainSettings, run_dir: Path, limit: int | None
+) -> tuple[TrainSettings, int, int]:
+    """Validates the rows into ``train_data.parquet`` and ``rejects.jsonl``.
+
+    Returns:
+        The settings pointed at that file, the rows kept and the rows rejected.
+    """
     rows, rejects = train_data.prepare(kind, data_path, limit)
     data_file = run_dir / "train_data.parquet"
     train_data.write(rows, data_file)
-    (run_dir / "rejects.jsonl").unlink(missing_ok=True)
-    append_jsonl(run_dir / "rejects.jsonl", rejects)
-    settings = replace(settings, data_file=str(data_file))
+    write_rejects(run_dir, rejects)
     log.info("%s: %d rows to train on, %d rejected (%s)", kind, len(rows), len(rejects), data_path)
+    return replace(settings, data_file=str(data_file)), len(rows), len(rejects)
 
-    check_recipe(kind, settings, scaling)
-    runtime.init_ray(cluster)
+
+def _trainer(kind: str, settings: TrainSettings, scaling: Scaling, run_dir: Path):
+    """The ``TorchTrainer`` of one run, its Ray Train state kept in ``run_dir/ray_train``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     resources = {"CPU": scaling.cpus_per_worker}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker=_loops()[kind],
         train_loop_config=settings.to_dict(),
         scaling_config=ScalingConfig(
@@ -168,9 +216,19 @@ def fit(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    t0 = time.monotonic()
-    result = trainer.fit()
-    train_s = time.monotonic() - t0
+
+
+def _collect(kind: str, result, run_dir: Path) -> tuple[dict, list[float]]:
+    """Takes the trained model out of Ray Train's result into ``run_dir``.
+
+    Copies the exported model to ``run_dir/model``, deletes the optimizer-state checkpoints
+    and writes ``metrics.jsonl`` (the trainer's log history).
+
+    Returns:
+        The training info the workers recorded (without its log history) and the losses.
+    """
+    from moaa_cluster.runs.files import append_jsonl
+
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
@@ -183,36 +241,10 @@ def fit(
     metrics_file = run_dir / "metrics.jsonl"
     metrics_file.unlink(missing_ok=True)
     append_jsonl(metrics_file, history)
-    losses = [h["loss"] for h in history if "loss" in h]
     if info["resumed_from_step"]:
         print(
             f"{kind}: resumed from the checkpoint at step {info['resumed_from_step']} "
             "after a failure or a rerun",
             flush=True,
         )
-    manifest = Manifest(
-        task=f"train-{kind}",
-        status="complete",
-        counts={"rows": len(rows), "rejected": len(rejects), "steps": info["global_step"]},
-        timings_s={"train": train_s, "total": time.monotonic() - t_start},
-        details={
-            "base_model": settings.base_model,
-            "data": str(data_path),
-            "model_dir": str(run_dir / EXPORT_DIR),
-            "train": {k: v for k, v in info.items() if k != "kind"},
-            "losses": {
-                "first": losses[0] if losses else None,
-                "last": losses[-1] if losses else None,
-            },
-            "settings": settings.to_dict(),
-            "scaling": scaling.__dict__,
-            **(manifest_extra or {}),
-        },
-    ).save(run_dir)
-    print(
-        f"{kind}: {info['global_step']} steps on {len(rows)} rows ({len(rejects)} rejected), "
-        f"loss {manifest['losses']['first']} -> {manifest['losses']['last']}, "
-        f"{train_s:.0f} s; model: {run_dir / EXPORT_DIR}",
-        flush=True,
-    )
-    return manifest
+    return info, [h["loss"] for h in history if "loss" in h]

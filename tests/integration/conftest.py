@@ -52,20 +52,20 @@ def run_synth(compose, models_dir, ray_session):
 
     from moaa_cluster import build
     from moaa_cluster.pipeline.synth import synthesize
+    from moaa_cluster.runs.options import RunOptions
 
     def _run(run_dir: Path, overrides: list[str]) -> dict:
         cfg = compose("synth", [f"models_dir={models_dir}", *overrides])
         mix, specs, defaults = build.mixture(cfg.mixture)
-        return synthesize(
-            build.sources(cfg.dataset),
-            mix,
-            specs,
-            build.synth_settings(cfg, defaults),
+        opts = RunOptions(
             run_dir,
             OmegaConf.to_container(cfg.cluster, resolve=True),
             limit=cfg.limit,
             progress=False,
             keep_engines=True,
+        )
+        return synthesize(
+            build.sources(cfg.dataset), mix, specs, build.synth_settings(cfg, defaults), opts
         )
 
     return _run

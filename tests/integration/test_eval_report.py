@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from moaa_cluster.evaluation.summary import outcome_of
 from moaa_cluster.evaluation.winrate import win_rate
 from moaa_cluster.judge.ranking import combine_orders
-from moaa_cluster.pipeline.evaluate import outcome_of
 from tests.conftest import SHARED
 
 ARENA = SHARED / "data" / "arena_hard" / "arena-hard-v0.1"

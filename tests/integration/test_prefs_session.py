@@ -19,6 +19,7 @@ def run_prefs(compose, models_dir, ray_session):
 
     from moaa_cluster import build
     from moaa_cluster.pipeline.prefs import SAMPLER, make_preferences
+    from moaa_cluster.runs.options import RunOptions
 
     def _run(run_dir: Path, overrides: list[str], sample_only: bool = False) -> dict:
         cfg = compose(
@@ -26,16 +27,15 @@ def run_prefs(compose, models_dir, ray_session):
         )
         judge, specs = (None, {}) if sample_only else build.judge(cfg.judge)
         specs[SAMPLER] = build.model_specs({SAMPLER: cfg.sampler})[SAMPLER]
-        return make_preferences(
-            build.sources(cfg.dataset),
-            judge,
-            specs,
-            build.prefs_settings(cfg),
+        opts = RunOptions(
             run_dir,
             OmegaConf.to_container(cfg.cluster, resolve=True),
             limit=cfg.limit,
             progress=False,
             keep_engines=True,
+        )
+        return make_preferences(
+            build.sources(cfg.dataset), judge, specs, build.prefs_settings(cfg), opts
         )
 
     return _run
@@ -109,6 +109,7 @@ def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, tm
 
     from moaa_cluster import build
     from moaa_cluster.pipeline.judge_eval import evaluate_judges
+    from moaa_cluster.runs.options import RunOptions
 
     cfg = compose(
         "judge_eval",
@@ -121,16 +122,14 @@ def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, tm
     )
     judge, specs = build.judge(cfg.judge)
     judges = [judge, *(judge.single(m) for m in judge.models)]
-    table = evaluate_judges(
-        HH,
-        judges,
-        specs,
+    opts = RunOptions(
         tmp_path,
         OmegaConf.to_container(cfg.cluster, resolve=True),
         limit=2,
         progress=False,
         keep_engines=True,
     )
+    table = evaluate_judges(HH, judges, specs, opts)
     out = capsys.readouterr().out
     assert [r["judge"] for r in table] == [
         "embedded",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from moaa_cluster import cli
+from moaa_cluster.cli import tasks
 
 STAGE1 = {
     "WizardLM-2-8x22B",
@@ -41,7 +42,7 @@ def test_paper_stage1_rehearsal(compose, models_dir, ray_session, mt_bench_rows,
     run(
         "synth",
         "synth",
-        cli._run_synth,
+        tasks.synth_task,
         compose,
         [
             f"models_dir={models_dir}",
@@ -100,7 +101,7 @@ def test_paper_stage2_prefs_rehearsal(compose, models_dir, ray_session, mt_bench
         run(
             "prefs",
             "prefs",
-            cli._run_prefs,
+            tasks.prefs_task,
             compose,
             [
                 f"models_dir={models_dir}",
@@ -163,7 +164,7 @@ def test_self_improvement_pipeline_rehearsal(
     run(
         "pipeline",
         "pipeline",
-        cli._run_pipeline,
+        tasks.pipeline_task,
         compose,
         [
             f"models_dir={models_dir}",

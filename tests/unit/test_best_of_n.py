@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from moaa_cluster.engines import reward
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.pipeline import best_of_n as bon
 from moaa_cluster.pipeline.derive import _teacher_rows
@@ -199,18 +200,18 @@ def test_assemble_rejects_a_row_whose_every_candidate_was_cut():
 
 
 def test_engine_output_to_score_and_errors():
-    assert bon._from_engine({"id": "a", "index": 2, "embeddings": [1.5]}) == {
+    assert reward._from_engine({"id": "a", "index": 2, "embeddings": [1.5]}) == {
         "id": "a",
         "index": 2,
         "score": 1.5,
         "error": None,
     }
-    two = bon._from_engine({"id": "a", "index": 0, "embeddings": [0.1, 0.9]})
+    two = reward._from_engine({"id": "a", "index": 0, "embeddings": [0.1, 0.9]})
     assert two["score"] is None and "gives 2 outputs" in two["error"]
-    failed = bon._from_engine({"id": "a", "index": 0, "__inference_error__": "ValueError: x"})
+    failed = reward._from_engine({"id": "a", "index": 0, "__inference_error__": "ValueError: x"})
     assert (failed["score"], failed["error"]) == (None, "ValueError: x")
     # raw reward-head output, not squashed
-    assert bon._to_engine({"tokenized_prompt": [1, 2]})["pooling_params"] == {
+    assert reward._to_engine({"tokenized_prompt": [1, 2]})["pooling_params"] == {
         "use_activation": False
     }
 
@@ -219,18 +220,18 @@ def test_render_uses_the_reward_models_template_without_a_generation_prompt(mode
     path = str(models_dir / "smollm2-135m-instruct")
     messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
     row = {"id": "a", "index": 0, "messages": json.dumps(messages)}
-    out = bon.render(row, tokenizer_path=path, chat_template=None, fold=False, max_len=2048)
+    out = reward.render(row, tokenizer_path=path, chat_template=None, fold=False, max_len=2048)
     assert out["render_error"] == ""
-    tok = bon._tokenizer(path, False)
+    tok = reward._tokenizer(path, False)
     text = tok.decode(out["tokenized_prompt"])
     assert text.endswith("<|im_start|>assistant\nHello.<|im_end|>\n")  # finished, not a prefill
     assert text.count("<|im_start|>assistant") == 1
-    short = bon.render(row, tokenizer_path=path, chat_template=None, fold=False, max_len=10)
+    short = reward.render(row, tokenizer_path=path, chat_template=None, fold=False, max_len=10)
     assert (
         short["tokenized_prompt"] == []
         and "> the reward model's max_model_len 10" in (short["render_error"])
     )
-    broken = bon.render(
+    broken = reward.render(
         row,
         tokenizer_path=path,
         chat_template="{{ raise_exception('no') }}",
@@ -238,7 +239,7 @@ def test_render_uses_the_reward_models_template_without_a_generation_prompt(mode
         max_len=99,
     )
     assert broken["render_error"].startswith("chat template:")
-    folded = bon.render(
+    folded = reward.render(
         {**row, "messages": json.dumps([{"role": "system", "content": "SYS"}, *messages])},
         tokenizer_path=path,
         chat_template=None,
@@ -289,7 +290,7 @@ def test_processor_config_serves_the_pooling_task_without_text_stages(tmp_path):
     (tmp_path / "smollm2-135m-instruct").mkdir()
     (tmp_path / "smollm2-135m-instruct" / "config.json").write_text("{}")
     spec = bon.load_reward_spec("smollm2_135m_reward", models_dir=tmp_path)
-    cfg = bon.processor_config(spec, batch_size=4)
+    cfg = reward.processor_config(spec, batch_size=4)
     assert cfg.task_type == "classify"
     assert cfg.engine_kwargs["task_type"] == "classify"
     assert "runner" not in cfg.engine_kwargs  # the processor's task type sets it

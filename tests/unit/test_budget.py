@@ -23,12 +23,12 @@ from moaa_cluster.moa.budget import (
     ContextOverflow,
     plan_cuts,
     reserved_tokens,
-    tokenizer_fitter,
     water_fill,
     water_fill_marked,
 )
+from moaa_cluster.moa.fitters import tokenizer_fitter
+from moaa_cluster.moa.lengths import length_rejects
 from moaa_cluster.moa.prompts import AGGREGATE_AND_SYNTHESIZE, inject_responses
-from moaa_cluster.pipeline.synth import length_rejects
 from tests.conftest import SHARED
 
 MODELS_DIR = Path(

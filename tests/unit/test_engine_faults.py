@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
+from moaa_cluster.engines.faults import brief_error, is_transient, with_retries
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.engines.watch import EngineState, EngineWatcher, describe_change
-from moaa_cluster.pipeline.frame import brief_error, is_transient, with_retries
 
 # the text of the error a row got when the Gemma engine's EngineCore was SIGKILLed (abridged)
 RAY_TEXT = (
@@ -46,7 +46,7 @@ def test_retries_are_logged_in_one_line_and_counted(caplog):
             raise RayTaskError(RAY_TEXT)
         return "ok"
 
-    with caplog.at_level(logging.WARNING, logger="moaa_cluster.pipeline.frame"):
+    with caplog.at_level(logging.WARNING, logger="moaa_cluster.engines.faults"):
         got = asyncio.run(
             with_retries(flaky, wait_s=0.0, label="row abc", on_retry=lambda n, e: seen.append(n))
         )

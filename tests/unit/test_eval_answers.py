@@ -17,12 +17,8 @@ from moaa_cluster.evaluation.answers import (
     parse_answer_record,
     question_sources,
 )
-from moaa_cluster.pipeline.evaluate import (
-    EvalSettings,
-    format_summary,
-    outcome_of,
-    summarize_judgments,
-)
+from moaa_cluster.evaluation.settings import EvalSettings
+from moaa_cluster.evaluation.summary import format_summary, outcome_of, summarize_judgments
 from tests.conftest import SHARED
 
 ARENA = SHARED / "data" / "arena_hard" / "arena-hard-v0.1"
@@ -188,7 +184,7 @@ def test_real_arena_hard_and_mt_bench_files_match():
 
 
 def test_our_answers_parquet_is_a_baseline(tmp_path):
-    from moaa_cluster.pipeline.evaluate import ANSWER_SCHEMA
+    from moaa_cluster.pipeline.eval_outputs import ANSWER_SCHEMA
 
     row = {
         "id": "h",

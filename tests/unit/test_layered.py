@@ -9,9 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from moaa_cluster.engines.placement import Capacity
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import Agent, Mixture, run_row
 from moaa_cluster.pipeline.layered import (
+    LayeredJob,
     PassWorker,
     _pass_schemas,
     layer_waves,
@@ -19,20 +21,21 @@ from moaa_cluster.pipeline.layered import (
     run_layered,
 )
 from moaa_cluster.pipeline.synth import INPUT_SCHEMA, SHARD_SCHEMA, SynthSettings
+from moaa_cluster.runs.options import RunOptions
 from tests.unit.test_mixture import FakeBackend
 
 SIZE = {"big": 8, "mid": 4, "small": 2, "agg": 4}
 
 
-def capacity(gpus: int):
-    """A fits() that accepts engines whose sizes sum to at most ``gpus``."""
+def capacity(gpus: int) -> Capacity:
+    """A cluster that holds engines whose sizes sum to at most ``gpus``."""
 
     def fits(keys):
         need = sum(SIZE[k] for k in keys)
         if need > gpus:
             raise ConfigError(f"{sorted(keys)} need {need} GPUs, the cluster has {gpus}")
 
-    return fits
+    return Capacity(size=SIZE.get, fits=fits)
 
 
 def mix(*layers) -> Mixture:
@@ -83,6 +86,40 @@ def test_refusals_say_why():
         plan_passes(PAPERISH, capacity(64), "sometimes", max_turns=1)
 
 
+def test_moaa_plan_waves_are_the_passes_synth_runs():
+    """Models of 4, 6 and 4 GPUs in one layer on an 8-GPU node: both split it into the same
+    2 waves, first-fit decreasing (6 | 4 + 4); greedy in seat order made 3 (4 | 6 | 4)."""
+    from moaa_cluster.engines import placement
+    from moaa_cluster.engines.host import preflight_capacity
+    from moaa_cluster.engines.spec import ModelSpec
+    from moaa_cluster.engines.workload import synth_workload
+
+    def gpu_spec(name: str, tp: int, replicas: int = 1) -> ModelSpec:
+        return ModelSpec(
+            name=name,
+            path=f"/nonexistent/{name}",
+            tensor_parallel_size=tp,
+            replicas=replicas,
+            params_b=8.0,
+            accelerator_type="A100-80G",
+        )
+
+    specs = {"a": gpu_spec("a", 4), "b": gpu_spec("b", 2, replicas=3), "c": gpu_spec("c", 4)}
+    m = mix(["a", "b", "c"], ["a"])
+    cluster = {"nodes": 1, "gpus_per_node": 8, "gpu_memory_gb": 80, "accelerator_type": "A100-80G"}
+    inventory = placement.inventory_from_cluster(cluster)
+
+    work = synth_workload("synth", m, {"max_tokens": 64})
+    plan = placement.plan(work, specs, inventory, placement.PlanSettings(tensor_parallel="config"))
+    passes = plan_passes(m, preflight_capacity(cluster, specs), "auto", max_turns=1)
+
+    assert plan.mode == "waves"
+    assert [s.engines for s in plan.stages] == [("b",), ("a", "c"), ("a",)]
+    assert [s.label for s in plan.stages] == ["layer 1 wave 1/2", "layer 1 wave 2/2", "layer 2"]
+    assert [p.models for p in passes] == [s.engines for s in plan.stages]
+    assert [(p.layer, p.seats) for p in passes] == [(0, (1,)), (0, (0, 2)), (1, (0,))]
+
+
 def _run_passes(mixture, passes, row, backends, settings):
     """The passes' workers in order on one row, merging state as ``run_layered`` does."""
     pass_in, pass_out = _pass_schemas(SHARD_SCHEMA.field("calls").type.value_type, INPUT_SCHEMA)
@@ -115,7 +152,7 @@ def test_passes_give_the_same_answers_prompts_and_seeds_as_one_resident_row(turn
         if sum(sizes[k] for k in keys) > 1:
             raise ConfigError("one at a time")
 
-    passes = plan_passes(m, fits, "auto", max_turns=2)
+    passes = plan_passes(m, Capacity(sizes.get, fits), "auto", max_turns=2)
     assert [p.models for p in passes] == [("p1",), ("p2",), ("agg",)] * 2
 
     resident = {n: FakeBackend(n, []) for n in ("p1", "p2", "agg")}
@@ -159,7 +196,7 @@ def test_the_pass_worker_fits_the_aggregators_prompt_and_records_the_cut():
     from moaa_cluster.moa.prompts import aggregate_system_prompt
 
     m = mix(["p1", "p2"], ["agg"])
-    agg_pass = plan_passes(m, lambda keys: None, "layered", max_turns=1)[1]
+    agg_pass = plan_passes(m, Capacity(), "layered", max_turns=1)[1]
     row = {"id": "r1", "source": "s", "source_id": "1", "system": None, "turns": ["q"]}
     state = {"t0_l0_a0": "a" * 400, "t0_l0_a1": "b" * 100}
     k1 = len(aggregate_system_prompt(["", ""]))
@@ -178,7 +215,7 @@ def test_the_pass_worker_fits_the_aggregators_prompt_and_records_the_cut():
 
 def test_a_prompt_that_cannot_fit_fails_the_row_with_the_reason():
     m = mix(["p1", "p2"], ["agg"])
-    agg_pass = plan_passes(m, lambda keys: None, "layered", max_turns=1)[1]
+    agg_pass = plan_passes(m, Capacity(), "layered", max_turns=1)[1]
     row = {"id": "r1", "source": "s", "source_id": "1", "system": None, "turns": ["q"]}
     backends = {"agg": FakeBackend("agg", [])}
     out = _one_pass(
@@ -243,7 +280,7 @@ def _finished(row: dict, calls: list[dict]) -> dict:
 
 
 def test_shards_written_before_the_context_field_still_resume_and_consolidate(tmp_path):
-    from moaa_cluster.pipeline.synth import summary_lines, write_outputs
+    from moaa_cluster.pipeline.synth_outputs import summary_lines, write_outputs
     from moaa_cluster.runs.shards import finished_ids, write_shard
 
     m = mix(["p1", "p2"], ["agg"])
@@ -251,7 +288,7 @@ def test_shards_written_before_the_context_field_still_resume_and_consolidate(tm
         {"id": f"r{i}", "source": "s", "source_id": str(i), "system": None, "turns": ["q"]}
         for i in range(4)
     ]
-    passes = plan_passes(m, lambda keys: None, "layered", max_turns=1)
+    passes = plan_passes(m, Capacity(), "layered", max_turns=1)
     # a layered run of r0, r1 killed after its passes, and a resident run's shard of r2, both
     # written before `context` existed
     _write_old_pass_shards(tmp_path, m, passes, rows[:2])
@@ -262,18 +299,8 @@ def test_shards_written_before_the_context_field_still_resume_and_consolidate(tm
     write_shard(tmp_path, pa.Table.from_pylist([old_row], schema=old_shard))
     assert finished_ids(tmp_path) == {"r2"}
     # the new code resumes the layered run: every pass is done, so no engine is started
-    run_layered(
-        rows[:2],
-        m,
-        {},
-        SynthSettings(),
-        tmp_path,
-        passes,
-        host=None,
-        input_schema=INPUT_SCHEMA,
-        shard_schema=SHARD_SCHEMA,
-        progress=False,
-    )
+    job = LayeredJob(m, {}, SynthSettings(), INPUT_SCHEMA, SHARD_SCHEMA)
+    run_layered(rows[:2], job, passes, None, RunOptions(tmp_path, progress=False))
     # and a new shard with a cut call
     cut_call = {**_old_call(0, 1, 0, "agg"), "context": '{"cut": [], "budget": 8}'}
     new_row = _finished(rows[3], [cut_call])
@@ -295,7 +322,7 @@ def test_shards_written_before_the_context_field_still_resume_and_consolidate(tm
 
 
 def test_rows_that_cannot_fit_are_counted_and_said_in_the_summary(tmp_path):
-    from moaa_cluster.pipeline.synth import summary_lines, write_outputs
+    from moaa_cluster.pipeline.synth_outputs import summary_lines, write_outputs
     from moaa_cluster.runs.shards import write_shard
 
     row = {"id": "r0", "source": "s", "source_id": "0", "system": None, "turns": ["q"]}

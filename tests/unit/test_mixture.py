@@ -460,7 +460,8 @@ def smollm2():
 
 
 def test_run_row_fits_four_2048_token_proposals_into_the_aggregators_8192(smollm2):
-    from moaa_cluster.moa.budget import MARKER, tokenizer_fitter
+    from moaa_cluster.moa.budget import MARKER
+    from moaa_cluster.moa.fitters import tokenizer_fitter
     from tests.unit.test_budget import answer_of, engine_count
 
     proposers = [f"p{i}" for i in range(4)]

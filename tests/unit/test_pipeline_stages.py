@@ -9,8 +9,8 @@ import pytest
 
 from moaa_cluster import build
 from moaa_cluster.cli import _from_flag
+from moaa_cluster.end_to_end import STAGES, is_complete, trained_spec
 from moaa_cluster.engines.spec import ModelSpec
-from moaa_cluster.pipeline.end_to_end import STAGES, is_complete, trained_spec
 
 
 def _manifest(d: Path, **data) -> None:

@@ -17,8 +17,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from moaa_cluster import build
+from moaa_cluster.end_to_end import preflight, trained_spec
 from moaa_cluster.errors import ConfigError
-from moaa_cluster.pipeline.end_to_end import preflight, trained_spec
 from moaa_cluster.pipeline.prefs import SAMPLER
 from tests.unit.test_train_recipes import bf16_capable_gpu
 
@@ -280,9 +280,9 @@ def _validated(specs) -> list:
 def preflight_task(config_name: str, cfg) -> str:
     """Builds a composed task config's objects and runs the checks its task runs before
     anything starts. Returns what the check decided; raises ConfigError on a refusal."""
-    from moaa_cluster import rehearsal, runtime
-    from moaa_cluster.pipeline import end_to_end
-    from moaa_cluster.pipeline.layered import plan_passes, planner_fits
+    from moaa_cluster import end_to_end, rehearsal
+    from moaa_cluster.engines import host as engine_host
+    from moaa_cluster.pipeline.layered import plan_passes
 
     if cfg.get("rehearsal"):  # as the CLI does first (cli._guarded)
         cfg = OmegaConf.create(
@@ -297,7 +297,8 @@ def preflight_task(config_name: str, cfg) -> str:
         _validated(specs)
         build.sources(cfg.dataset)
         settings = build.synth_settings(cfg, defaults)
-        passes = plan_passes(mix, planner_fits(specs, cluster), settings.execution, max_turns=1)
+        capacity = engine_host.preflight_capacity(cluster, specs)
+        passes = plan_passes(mix, capacity, settings.execution, max_turns=1)
         return "resident" if passes is None else f"{len(passes)} passes"
 
     if config_name in ("sample", "prefs"):
@@ -305,12 +306,12 @@ def preflight_task(config_name: str, cfg) -> str:
         specs[SAMPLER] = build.model_specs({SAMPLER: cfg.sampler})[SAMPLER]
         build.sources(cfg.dataset)
         build.prefs_settings(cfg)
-        runtime.preflight(cluster, _validated(specs))
+        engine_host.preflight(cluster, _validated(specs))
         return "resident"
 
     if config_name == "judge_eval":
         _, specs = build.judge(cfg.judge)
-        runtime.preflight(cluster, _validated(specs))
+        engine_host.preflight(cluster, _validated(specs))
         return "resident"
 
     if config_name == "eval":
@@ -326,7 +327,7 @@ def preflight_task(config_name: str, cfg) -> str:
             specs[BASELINE] = build.model_specs({"b": cfg.baseline_model})["b"]
         build.eval_settings(cfg)
         _check_models(specs)
-        runtime.preflight(cluster, _validated(specs))
+        engine_host.preflight(cluster, _validated(specs))
         return "resident"
 
     if config_name in ("train_sft", "train_dpo"):
@@ -351,10 +352,10 @@ def preflight_task(config_name: str, cfg) -> str:
         return "checked"
 
     if config_name == "plan":
-        from moaa_cluster import cli
+        from moaa_cluster.cli import tasks
 
         with contextlib.redirect_stdout(io.StringIO()) as out:
-            cli._run_plan(cfg)  # the planner itself refuses what cannot fit
+            tasks.plan_task(cfg)  # the planner itself refuses what cannot fit
         assert out.getvalue().strip(), "moaa plan printed no plan"
         return "planned"
 

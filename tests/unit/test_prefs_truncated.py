@@ -19,15 +19,8 @@ from moaa_cluster.engines.backends import Completion
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.judge.judge import JudgeSpec
 from moaa_cluster.judge.prompts import JUDGE_AGGREGATOR
-from moaa_cluster.pipeline.prefs import (
-    SAMPLER,
-    SHARD_SCHEMA,
-    PrefsSettings,
-    PrefsWorker,
-    candidate_seed,
-    summary_text,
-    write_outputs,
-)
+from moaa_cluster.pipeline.prefs import SAMPLER, PrefsSettings, PrefsWorker, candidate_seed
+from moaa_cluster.pipeline.prefs_outputs import SHARD_SCHEMA, summary_text, write_outputs
 from moaa_cluster.runs.shards import shard_dir
 
 K4_OPENING = JUDGE_AGGREGATOR.split("\n", 1)[0]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from moaa_cluster import build, rehearsal, runtime
+from moaa_cluster import build, rehearsal
 from moaa_cluster.cli import CONF_DIR
+from moaa_cluster.end_to_end import STAGES, check_stages
+from moaa_cluster.engines import host as engine_host
 from moaa_cluster.errors import ConfigError
-from moaa_cluster.pipeline.end_to_end import STAGES, check_stages
 
 PAPER_STAGE1 = {
     "WizardLM-2-8x22B",
@@ -63,8 +64,8 @@ def test_paper_stage1_keeps_its_shape_and_one_engine_answers_for_all(compose, mo
     assert after["output_dir"] == before["output_dir"] + "-rehearsal"
     assert {m["name"] for m in after["rehearsal"]["models"].values()} == PAPER_STAGE1
     # the five models are one engine to the planner: it fits this machine
-    runtime.preflight(after["cluster"], list(specs.values()))
-    assert len(runtime.engine_specs(list(specs.values()))) == 1
+    engine_host.preflight(after["cluster"], list(specs.values()))
+    assert len(engine_host.engine_specs(list(specs.values()))) == 1
 
 
 def test_a_stand_in_shorter_than_a_context_is_noted(compose, models_dir):

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from moaa_cluster.evaluation.report import detect, main, write_report
+from moaa_cluster.reporting import detect, main, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

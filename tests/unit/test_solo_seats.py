@@ -8,6 +8,7 @@ import json
 import pytest
 
 from moaa_cluster import build
+from moaa_cluster.engines.placement import Capacity
 from moaa_cluster.moa.mixture import Agent, Mixture, run_row
 from moaa_cluster.pipeline.derive import derive
 from moaa_cluster.pipeline.layered import plan_passes
@@ -47,7 +48,7 @@ def test_the_aggregator_sees_the_proposers_but_not_the_solo_answer():
 def test_layer_by_layer_runs_the_solo_seat_in_its_layers_pass():
     row = {"id": "r1", "source": "s", "source_id": "1", "system": None, "turns": ["q0"]}
     settings = SynthSettings(defaults={"max_tokens": 8}, seed=3, record_prompts=True)
-    passes = plan_passes(SOLO, lambda keys: None, "layered", max_turns=1)
+    passes = plan_passes(SOLO, Capacity(), "layered", max_turns=1)
     resident = {n: FakeBackend(n, []) for n in ("p1", "p2", "agg")}
     answers, calls = asyncio.run(
         run_row(SOLO, row, resident, defaults=settings.defaults, seed=3, record_prompts=True)

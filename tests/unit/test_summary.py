@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from moaa_cluster.pipeline.synth import summary_lines
+from moaa_cluster.pipeline.synth_outputs import summary_lines
 
 COUNTS = {
     "rows_ok": 38,

@@ -1,0 +1,350 @@
+"""``moaa pipeline``: synth -> SFT -> sample + judge -> DPO -> eval -> report in one run dir.
+
+Each stage writes its own subdirectory with its own manifest; a rerun skips every stage whose
+manifest says it is complete (and resumes the first one that is not), ``from_stage`` redoes
+one stage and all later ones. The engines stay up between stages that share models (the
+embedded judge's models are the stage-1 teachers), and all of them stop at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.errors import ConfigError
+from moaa_cluster.runs.manifest import Manifest
+from moaa_cluster.runs.options import RunOptions
+
+log = logging.getLogger(__name__)
+
+STAGES = ("synth", "sft", "prefs", "dpo", "eval")
+
+
+@dataclass
+class PipelineParts:
+    """Everything the stages need, built from the config by ``build.pipeline``."""
+
+    synth_sources: list
+    mixture: object
+    synth_specs: dict
+    synth_settings: object
+    synth_limit: int | None
+    sft_settings: object
+    dpo_settings: object
+    scaling: object
+    prefs_sources: list
+    judge: object
+    judge_specs: dict
+    prefs_settings: object
+    prefs_limit: int | None
+    base: ModelSpec
+    eval_sources: list
+    eval_settings: object
+    eval_limit: int | None
+    # the recipe's stages, in order: all five (the paper's MoAA), or synth, sft, eval
+    # (Table 4's self-improvement: SFT only)
+    stages: tuple[str, ...] = STAGES
+
+
+def check_stages(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """A recipe's stages: in pipeline order, synth and sft first, prefs and dpo together."""
+    stages = tuple(stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"stages: unknown {unknown}; known, in order: {list(STAGES)}")
+    if list(stages) != [s for s in STAGES if s in stages] or len(set(stages)) != len(stages):
+        raise ConfigError(f"stages must keep the pipeline order {list(STAGES)}, got {list(stages)}")
+    if stages[:2] != ("synth", "sft"):
+        raise ConfigError(f"stages must start with synth, sft; got {list(stages)}")
+    if ("prefs" in stages) != ("dpo" in stages):
+        raise ConfigError(
+            f"stages: prefs and dpo go together (DPO trains on prefs' pairs); got {list(stages)}"
+        )
+    return stages
+
+
+def is_complete(stage: str, stage_dir: Path) -> bool:
+    """Whether a stage's directory holds a finished result the next stage can use."""
+    m = Manifest.load(stage_dir)
+    if m is None or not m.complete:
+        return False
+    return stage not in ("sft", "dpo") or (stage_dir / "model" / "config.json").exists()
+
+
+def trained_spec(base: ModelSpec, stage_dir: Path, suffix: str) -> ModelSpec:
+    """The base model's engine spec pointed at a trained checkpoint, served by its own engine
+    (never by an engine the base shares, as in a rehearsal)."""
+    return replace(
+        base, name=f"{base.name}-{suffix}", path=str(stage_dir / "model"), hub_id=None, engine=None
+    )
+
+
+def run_pipeline(parts: PipelineParts, opts: RunOptions, from_stage: str | None = None) -> dict:
+    """Runs the stages that are not complete yet into ``opts.run_dir``; returns the pipeline
+    manifest.
+
+    ``opts.overwrite`` deletes the whole run directory first; ``opts.manifest_extra`` (the
+    resolved ``config`` and the ``rehearsal`` record) goes into the pipeline's manifest, and
+    the rehearsal record into its report. Each stage writes ``<run_dir>/<stage>``.
+    """
+    stages = check_stages(parts.stages)
+    if from_stage is not None and from_stage not in stages:
+        raise ConfigError(f"from_stage must be one of {list(stages)}, got {from_stage!r}")
+    # absolute: Ray Train workers and engine replicas do not share the driver's cwd
+    run = StageRun(parts, replace(opts, run_dir=Path(opts.run_dir).resolve()), stages)
+    run.prepare(from_stage)
+    preflight(parts, opts.cluster, run.prefs_specs, run.eval_specs)
+    t_start = time.monotonic()
+    try:
+        run.run_stages()
+    finally:
+        run.stop_all()
+    return _finish(run, t_start)
+
+
+@dataclass
+class StageRun:
+    """One pipeline run: its stages and their directories, the engines and times so far.
+
+    Attributes:
+        parts: The stages' objects (``build.pipeline``).
+        opts: The pipeline's run options, ``run_dir`` absolute.
+        stages: The recipe's stages, checked (``check_stages``).
+        started: Engines running now, by model name (kept between stages that share them).
+        timings: Wall seconds of each stage run now (skipped ones have none).
+        skipped: Stages found complete and not run again.
+        sft_spec, dpo_spec: The engine specs of the trained checkpoints (``trained_spec``).
+        final: The model the recipe delivers (DPO, or SFT in an SFT-only recipe).
+        prefs_specs: The prefs stage's engines (judge models + the SFT sampler), or None.
+        eval_specs: The eval stage's engines (judge models, the final and the base model).
+    """
+
+    parts: PipelineParts
+    opts: RunOptions
+    stages: tuple[str, ...]
+    started: dict[str, ModelSpec] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    sft_spec: ModelSpec = field(init=False)
+    dpo_spec: ModelSpec = field(init=False)
+    final: ModelSpec = field(init=False)
+    prefs_specs: dict | None = field(init=False)
+    eval_specs: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        from moaa_cluster.pipeline.prefs import SAMPLER
+
+        base = self.parts.base
+        self.sft_spec = trained_spec(base, self.dir("sft"), "sft")
+        self.dpo_spec = trained_spec(base, self.dir("dpo"), "dpo")
+        self.final = self.dpo_spec if "dpo" in self.stages else self.sft_spec
+        judges = self.parts.judge_specs
+        self.prefs_specs = {**judges, SAMPLER: self.sft_spec} if "prefs" in self.stages else None
+        self.eval_specs = {**judges, "model": self.final, "baseline": base}
+
+    def dir(self, stage: str) -> Path:
+        return self.opts.run_dir / stage
+
+    def stage_opts(self, stage: str, limit: int | None = None) -> RunOptions:
+        """A stage's run options: its own directory, engines kept for the next stage."""
+        return RunOptions(
+            run_dir=self.dir(stage),
+            cluster=self.opts.cluster,
+            limit=limit,
+            progress=self.opts.progress,
+            keep_engines=True,
+        )
+
+    def prepare(self, from_stage: str | None) -> None:
+        """Readies the run directory: deleted first with ``overwrite``, ``from_stage`` and the
+        stages after it deleted to be redone."""
+        from moaa_cluster.runs.files import check_writable
+
+        run_dir = self.opts.run_dir
+        if self.opts.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        check_writable(run_dir)
+        if from_stage is not None:
+            for stage in STAGES[STAGES.index(from_stage) :]:
+                if self.dir(stage).exists():
+                    shutil.rmtree(self.dir(stage))
+
+    def run_stages(self) -> None:
+        """Every stage of the recipe in order, each skipped when it is complete."""
+        from moaa_cluster.engines.serve_llm import stop_engines
+        from moaa_cluster.pipeline.prefs import make_preferences
+        from moaa_cluster.pipeline.synth import synthesize
+        from moaa_cluster.training.ray_train import fit
+
+        p = self.parts
+        synth_opts = self.stage_opts("synth", p.synth_limit)
+        self.stage(
+            "synth",
+            lambda: synthesize(
+                p.synth_sources, p.mixture, p.synth_specs, p.synth_settings, synth_opts
+            ),
+            p.synth_specs,
+        )
+        self.stage(
+            "sft",
+            lambda: fit(
+                "sft", self.dir("synth"), p.sft_settings, p.scaling, self.stage_opts("sft")
+            ),
+        )
+        prefs_opts = self.stage_opts("prefs", p.prefs_limit)
+        self.stage(
+            "prefs",
+            lambda: make_preferences(
+                p.prefs_sources, p.judge, self.prefs_specs, p.prefs_settings, prefs_opts
+            ),
+            self.prefs_specs,
+        )
+        if self.sft_spec.name in self.started:  # the SFT sampler is done: free its memory for DPO
+            stop_engines([self.started.pop(self.sft_spec.name)])
+        dpo_settings = replace(p.dpo_settings, base_model=str(self.dir("sft") / "model"))
+        self.stage(
+            "dpo",
+            lambda: fit("dpo", self.dir("prefs"), dpo_settings, p.scaling, self.stage_opts("dpo")),
+        )
+        self.stage(
+            "eval",
+            lambda: _evaluate(p, self.final, self.stage_opts("eval", p.eval_limit)),
+            self.eval_specs,
+        )
+
+    def stage(self, name: str, fn, engines: dict | None = None) -> None:
+        """Runs one stage (``fn``) unless the recipe lacks it or it is complete.
+
+        ``engines`` are the model specs the stage serves; engines kept from the last stage
+        that this one does not use are stopped first.
+
+        Raises:
+            RuntimeError: The stage ran but its manifest does not say it is complete.
+        """
+        if name not in self.stages:
+            return
+        d = self.dir(name)
+        if is_complete(name, d):
+            self.skipped.append(name)
+            print(f"== {name}: complete in {d}, skipped", flush=True)
+            return
+        print(f"== {name} -> {d}", flush=True)
+        self._swap_engines(engines)
+        t0 = time.monotonic()
+        fn()
+        self.timings[name] = round(time.monotonic() - t0, 2)
+        if not is_complete(name, d):
+            raise RuntimeError(
+                f"stage {name} did not complete (see {d / 'manifest.json'} and "
+                f"{d / 'rejects.jsonl'}); rerun the same command to resume it"
+            )
+
+    def _swap_engines(self, engines: dict | None) -> None:
+        from moaa_cluster.engines.serve_llm import stop_engines
+
+        # engines kept from the last stage that this one does not use are stopped first;
+        # a training stage on GPUs frees every engine (the trainers need the devices)
+        if engines is not None or self.parts.scaling.use_gpu:
+            # by engine: a model whose engine the next stage still uses keeps it running
+            wanted = {s.engine_name for s in (engines or {}).values()}
+            drop = [s for s in self.started.values() if s.engine_name not in wanted]
+            if drop:
+                stop_engines(drop)
+                for s in drop:
+                    self.started.pop(s.name)
+        self.started.update({s.name: s for s in (engines or {}).values()})
+
+    def stop_all(self) -> None:
+        """Stops every engine still running (the pipeline's end, or a failed stage)."""
+        from moaa_cluster.engines.serve_llm import stop_engines
+
+        if self.started:
+            stop_engines(list(self.started.values()))
+
+
+def _finish(run: StageRun, t_start: float) -> dict:
+    """The report and the pipeline's manifest after the stages; prints where each stage is."""
+    run_dir, stages = run.opts.run_dir, run.stages
+    config = run.opts.manifest_extra.get("config")
+    rehearsal = run.opts.manifest_extra.get("rehearsal") or None
+    report = _report(run_dir, run.opts.cluster, rehearsal)
+    stage_manifests = {s: Manifest.load(run.dir(s)) for s in stages}
+    manifest = Manifest(
+        task="pipeline",
+        status="complete",
+        timings_s={**run.timings, "total": time.monotonic() - t_start},
+        details={
+            "stages": {s: str(run.dir(s)) for s in stages},
+            "skipped": run.skipped,
+            "stage_timings_s": {s: m.timings_s if m else None for s, m in stage_manifests.items()},
+            "eval": stage_manifests["eval"].details.get("summary")
+            if stage_manifests.get("eval")
+            else None,
+            "report": str(report) if report else None,
+            "rehearsal": rehearsal,
+            "config": config,
+        },
+    ).save(run_dir)
+    print(f"pipeline: done in {manifest['timings_s']['total']:.0f} s; {run_dir}", flush=True)
+    for s in stages:
+        print(f"  {s:<6} {run.timings.get(s, 'skipped')!s:>10} s  {run.dir(s)}", flush=True)
+    return manifest
+
+
+def preflight(
+    parts: PipelineParts, cluster: dict, prefs_specs: dict | None, eval_specs: dict
+) -> None:
+    """Every stage's engines checked against the cluster before the first one starts.
+
+    Stage 1 may run layer by layer when its mixture does not fit at once
+    (``synth.execution``); the judge stages need their engines resident together. A
+    config that cannot run fails here in seconds, not after hours of stage 1.
+    """
+    from moaa_cluster.engines import host as engine_host
+    from moaa_cluster.pipeline.layered import plan_passes
+
+    plan_passes(
+        parts.mixture,
+        engine_host.preflight_capacity(cluster, parts.synth_specs),
+        parts.synth_settings.execution,
+        max_turns=1,
+    )
+    for label, specs in (("prefs", prefs_specs), ("eval", eval_specs)):
+        if specs is None:  # a recipe without that stage
+            continue
+        try:
+            engine_host.preflight(cluster, list(specs.values()))
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline stage {label}: {exc}") from exc
+
+
+def _evaluate(parts: PipelineParts, model: ModelSpec, opts: RunOptions):
+    """The recipe's final model (DPO, or SFT in an SFT-only recipe) against the base model on
+    held-out instructions, with the pipeline's judge."""
+    from moaa_cluster.evaluation.settings import Baseline
+    from moaa_cluster.pipeline.evaluate import evaluate
+
+    return evaluate(
+        parts.eval_sources,
+        model,
+        parts.judge,
+        parts.judge_specs,
+        Baseline(model=parts.base),
+        parts.eval_settings,
+        opts,
+    )
+
+
+def _report(run_dir: Path, cluster: dict, rehearsal: dict | None = None) -> Path | None:
+    """``report.md`` with plots over every stage; a failure here never fails the pipeline."""
+    from moaa_cluster.reporting import write_report
+
+    try:
+        return write_report(run_dir, cluster=cluster, rehearsal=rehearsal)
+    except Exception as exc:  # the stages' outputs stand; say why the report is missing
+        log.warning("report not written: %s: %s", type(exc).__name__, exc)
+        return None
