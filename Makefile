@@ -29,7 +29,7 @@ test-unit: setup
 	$(PY) -m pytest tests/unit -q
 
 test-faults: models                  ## fault injection (kill -9 and resume, real stack) + the long input fuzz
-	HYPOTHESIS_PROFILE=ci-long $(PY) -m pytest tests/faults tests/unit/test_records_fuzz.py $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=ci-long $(PY) -m pytest tests/faults tests/unit/data/test_records_fuzz.py $(PYTEST_ARGS)
 
 test-e2e: models                     ## `moaa pipeline` end to end at toy size (real stack, ~10 min)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
@@ -43,8 +43,9 @@ test-cluster: models                 ## `ray job submit` to a real head; sbatch 
 test-slow: models                    ## heavier real-stack tests, not part of `make test`
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
-lint: setup
+lint: setup                          ## ruff, and the import contracts of the layout (pyproject.toml)
 	$(VENV)/bin/ruff check moaa_cluster tests && $(VENV)/bin/ruff format --check moaa_cluster tests
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) outputs

@@ -28,7 +28,7 @@ def parse_variants(text: str) -> list[tuple[int, int, int | None]]:
     """``"4x8,2x32/4"`` -> ``[(4, 8, None), (2, 32, 4)]``.
 
     ``WORKERSxROWS[/BLOCK]``: Ray Data actors, rows each keeps in flight, rows per block
-    (default: the pipeline's own, ``pipeline.stage.BLOCK_ROWS``).
+    (default: the pipeline's own, ``pipeline.frame.BLOCK_ROWS``).
     """
     out = []
     for part in (p.strip() for p in text.split(",") if p.strip()):

@@ -4,7 +4,7 @@
 process, one after the other (Hydra's basic launcher). Each point gets its own run directory,
 Hydra's job directory ``<sweep dir>/<num>-<run_name>``, so points that share a ``run_name``
 (a seed or DPO-beta sweep) never resume each other's rows; each point starts its own Ray and
-engines and ends with them shut down (``runtime.engines``).
+engines and ends with them shut down (``engines.host.engines``).
 
 :class:`SweepSummary` is the Hydra callback that every task config lists under
 ``hydra.callbacks``. After each point it reads the point's ``manifest.json`` and rewrites

@@ -70,7 +70,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     engine_kwargs: dict = field(default_factory=dict)
     params_b: float | None = None
-    # architecture facts for the placement planner (engines/planner.py); all optional
+    # architecture facts for the placement planner (engines/placement/); all optional
     num_hidden_layers: int | None = None
     num_attention_heads: int | None = None
     num_key_value_heads: int | None = None

@@ -41,7 +41,7 @@ class TaskRun:
         run_dir: The opened run directory.
         started: ``time.monotonic()`` when the run started.
         timings: Wall time per step (seconds); the engine context managers add theirs.
-        ray: Ray session, engines released, placement groups left (``runtime.engines``).
+        ray: Ray session, engines released, placement groups left (``engines.host.engines``).
     """
 
     opts: RunOptions

@@ -54,7 +54,7 @@ from moaa_cluster.engines.placement.inventory import (
 )
 from moaa_cluster.engines.placement.planner import Plan, check_fits, configured_size, plan
 from moaa_cluster.engines.placement.report import format_plan
-from moaa_cluster.engines.placement.waves import Capacity, Stage, first_fit_waves
+from moaa_cluster.engines.placement.waves import Capacity, Wave, first_fit_waves
 
 __all__ = [
     "Capacity",
@@ -65,7 +65,7 @@ __all__ = [
     "Inventory",
     "Plan",
     "PlanSettings",
-    "Stage",
+    "Wave",
     "check_fits",
     "configured_size",
     "estimate",

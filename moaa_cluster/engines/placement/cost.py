@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from moaa_cluster.engines.placement.fit import EnginePlan
 from moaa_cluster.engines.placement.inventory import Inventory, PlanSettings
-from moaa_cluster.engines.placement.waves import Stage
+from moaa_cluster.engines.placement.waves import Wave
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.engines.throughput import Rate, ThroughputTable
 from moaa_cluster.engines.workload import Workload
@@ -87,7 +87,7 @@ def _step_tokens(workload: Workload) -> dict[tuple[int, int], dict[str, tuple[fl
 def estimate(
     workload: Workload,
     plan_engines: Mapping[str, EnginePlan],
-    stages: Sequence[Stage],
+    stages: Sequence[Wave],
     specs: Mapping[str, ModelSpec],
     inv: Inventory,
     st: PlanSettings,
@@ -181,7 +181,7 @@ class _Clock:
     st: PlanSettings
     rows: int
 
-    def busy(self, stage: Stage) -> float:
+    def busy(self, stage: Wave) -> float:
         """Seconds of generation for one pass of the stage over all rows."""
         workload, cells, rates = self.workload, self.cells, self.rates
         seconds = {}
@@ -211,17 +211,17 @@ class _Clock:
             st.engine_start_s + self.plan_engines[k].weights_gb / st.load_gb_per_s for k in keys
         )
 
-    def sequence(self, stages: Sequence[Stage]) -> list[Stage]:
+    def sequence(self, stages: Sequence[Wave]) -> list[Wave]:
         """The stages in the order a run goes through them, each phase's repeated."""
         if len(stages) == 1 and stages[0].phase is None:
             return list(stages)
-        sequence: list[Stage] = []
+        sequence: list[Wave] = []
         for p, phase in enumerate(self.workload.phases):
             ordered = [s for s in stages if s.phase == p]
             sequence += ordered * phase.repeats
         return sequence
 
-    def run(self, stages: Sequence[Stage]) -> tuple[float, float, float]:
+    def run(self, stages: Sequence[Wave]) -> tuple[float, float, float]:
         """``(wall, of which loads, GPU-seconds held)`` over the run."""
         wall = loads = held = 0.0
         resident: set[str] = set()

@@ -13,11 +13,11 @@ from moaa_cluster.engines.placement.cost import Costing, Estimate, estimate
 from moaa_cluster.engines.placement.fit import EnginePlan, fill_from_checkpoint, size_engine
 from moaa_cluster.engines.placement.inventory import Inventory, PlanSettings
 from moaa_cluster.engines.placement.waves import (
-    Stage,
+    Wave,
     demand,
     engine_size,
     first_fit_waves,
-    make_stage,
+    make_wave,
     node_capacity,
 )
 from moaa_cluster.engines.spec import ModelSpec
@@ -35,7 +35,7 @@ class Plan:
     mode: str
     reason: str
     engines: dict[str, EnginePlan]
-    stages: tuple[Stage, ...]
+    stages: tuple[Wave, ...]
     repeats: tuple[tuple[int, str], ...]
     loads_per_run: int
     notes: tuple[str, ...] = ()
@@ -101,17 +101,17 @@ def _one_engine_per_served_model(
 
 def _layered(
     workload: Workload, engines: Mapping[str, EnginePlan], inv: Inventory, waves: bool
-) -> tuple[list[Stage], list[str], str | None]:
+) -> tuple[list[Wave], list[str], str | None]:
     """One stage per step, a step split into waves when allowed and needed.
 
     Returns:
         ``(stages, why each split step was split, None)``, or ``([], [], why)`` on failure.
     """
-    stages: list[Stage] = []
+    stages: list[Wave] = []
     split: list[str] = []
     for p, phase in enumerate(workload.phases):
         for s, step in enumerate(phase.steps):
-            stage = make_stage(step.label, step.models, engines, inv, p, [s])
+            stage = make_wave(step.label, step.models, engines, inv, p, [s])
             if stage is not None:
                 stages.append(stage)
                 continue
@@ -124,11 +124,11 @@ def _layered(
             groups = first_fit_waves(step.models, node_capacity(engines, inv), prev, nxt)
             for n, keys in enumerate(groups):
                 tag = f"{step.label} wave {n + 1}/{len(groups)}" if len(groups) > 1 else step.label
-                stages.append(make_stage(tag, keys, engines, inv, p, [s]))
+                stages.append(make_wave(tag, keys, engines, inv, p, [s]))
     return stages, split, None
 
 
-def _schedule_loads(stages: Sequence[Stage], workload: Workload) -> dict[str, int]:
+def _schedule_loads(stages: Sequence[Wave], workload: Workload) -> dict[str, int]:
     """How often each engine is loaded in one run; consecutive stages keep shared engines."""
     if len(stages) == 1 and stages[0].phase is None:
         return dict.fromkeys(stages[0].engines, 1)
@@ -227,7 +227,7 @@ def _sizing_notes(engines: Mapping[str, EnginePlan], specs: Mapping[str, ModelSp
 
 def _place(
     workload: Workload, engines: Mapping[str, EnginePlan], inv: Inventory, st: PlanSettings
-) -> tuple[str, str, list[Stage]]:
+) -> tuple[str, str, list[Wave]]:
     """``(mode, reason, stages)``: the first placement ``st.strategy`` allows that fits.
 
     Raises:
@@ -240,7 +240,7 @@ def _place(
         return st.strategy in ("auto", mode)
 
     if allowed("resident"):
-        stage = make_stage("all steps", placed, engines, inv, None, ())
+        stage = make_wave("all steps", placed, engines, inv, None, ())
         if stage is not None:
             used = (
                 f"{stage.memory_gb:.1f} GiB of RAM"
@@ -294,7 +294,7 @@ def _spare_replicas(
             **current,
             slowest: replace(current[slowest], replicas=current[slowest].replicas + 1),
         }
-        stage = make_stage("all steps", placed, trial, inv, None, ())
+        stage = make_wave("all steps", placed, trial, inv, None, ())
         if stage is None:
             break
         current = trial

@@ -19,7 +19,7 @@ from moaa_cluster.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class Stage:
+class Wave:
     """Engines resident together, and which steps of which phase they serve."""
 
     label: str
@@ -55,13 +55,13 @@ def pack(keys: Sequence[str], engines: Mapping[str, EnginePlan], inv: Inventory)
     return tuple(tuple(p) for p in placed)
 
 
-def make_stage(label, keys, engines, inv, phase, steps) -> Stage | None:
+def make_wave(label, keys, engines, inv, phase, steps) -> Wave | None:
     """The stage holding ``keys`` together, or None when they do not pack into the nodes."""
     nodes = pack(keys, engines, inv)
     if nodes is None:
         return None
     keys = tuple(k for k in keys if not engines[k].external)
-    return Stage(
+    return Wave(
         label=label,
         engines=keys,
         nodes=nodes,

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from moaa_cluster import runtime
 from moaa_cluster.engines.spec import spec_from_dict
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 TELEMETRY_OFF = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

@@ -23,9 +23,9 @@ from moaa_cluster.judge.prompts import (
     render_question,
 )
 
-PAPER = Path(__file__).resolve().parents[2].parent / "shared" / "PAPER.md"
+PAPER = Path(__file__).resolve().parents[3].parent / "shared" / "PAPER.md"
 # reference copies kept with the tests, so the byte checks run on every clone
-REFERENCES = Path(__file__).resolve().parent / "fixtures" / "paper_prompts"
+REFERENCES = Path(__file__).resolve().parents[1] / "fixtures" / "paper_prompts"
 HEADINGS = {
     "K.2": "## K.2 Criteria filtering prompt",
     "K.3": "## K.3 Judge proposer prompt",

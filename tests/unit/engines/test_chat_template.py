@@ -33,7 +33,7 @@ MODELS_DIR = Path(
 )
 SMOLLM2 = MODELS_DIR / "smollm2-135m-instruct"
 GEMMA3 = MODELS_DIR / "gemma-3-270m"
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 
 
 def _needs(path: Path):

@@ -450,7 +450,7 @@ class ScriptedBackend(FakeBackend):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from tests.unit.test_budget import SMOLLM2
+    from tests.unit.moa.test_budget import SMOLLM2
 
     if not (SMOLLM2 / "tokenizer.json").exists():
         pytest.skip(f"{SMOLLM2} not prepared (make models)")
@@ -462,7 +462,7 @@ def smollm2():
 def test_run_row_fits_four_2048_token_proposals_into_the_aggregators_8192(smollm2):
     from moaa_cluster.moa.budget import MARKER
     from moaa_cluster.moa.fitters import tokenizer_fitter
-    from tests.unit.test_budget import answer_of, engine_count
+    from tests.unit.moa.test_budget import answer_of, engine_count
 
     proposers = [f"p{i}" for i in range(4)]
     m = Mixture(layers=(tuple(Agent(p) for p in proposers), (Agent("agg"),)))

@@ -20,9 +20,9 @@ from moaa_cluster import build
 from moaa_cluster.end_to_end import preflight, trained_spec
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.pipeline.prefs import SAMPLER
-from tests.unit.test_train_recipes import bf16_capable_gpu
+from tests.unit.training.test_recipes import bf16_capable_gpu
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 PAPER_1X8 = ["cluster=slurm_a100", "cluster.nodes=1", "mixture=paper_stage1", "judge=paper_stage2"]
 
 

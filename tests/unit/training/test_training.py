@@ -14,7 +14,7 @@ from moaa_cluster.errors import ConfigError
 from moaa_cluster.training import data as train_data
 from moaa_cluster.training.settings import TrainSettings, grad_accumulation
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 TRAIN_FILES = sorted(p.stem for p in (CONF / "train").glob("*.yaml"))
 
 

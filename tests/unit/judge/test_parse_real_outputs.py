@@ -15,7 +15,7 @@ import pytest
 
 from moaa_cluster.judge.parse import parse_criteria, parse_verdict
 
-FIXTURE = Path(__file__).parent / "fixtures" / "judge_outputs_smollm2.jsonl"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "judge_outputs_smollm2.jsonl"
 CASES = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
 
 

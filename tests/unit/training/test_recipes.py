@@ -25,7 +25,7 @@ from moaa_cluster.errors import ConfigError
 from moaa_cluster.training import dpo, sft, worker
 from moaa_cluster.training.settings import REMOVED_ARGS, TrainSettings
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 RECIPES = sorted((CONF / "train").glob("*.yaml"))
 RECIPE_MODULES = {"sft": sft, "dpo": dpo}
 # transformers' message when bf16 is asked for on a machine whose GPU (or lack of one) has none

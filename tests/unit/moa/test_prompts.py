@@ -14,9 +14,9 @@ from moaa_cluster.moa.prompts import (
     inject_responses,
 )
 
-PAPER = Path(__file__).resolve().parents[2].parent / "shared" / "PAPER.md"
+PAPER = Path(__file__).resolve().parents[3].parent / "shared" / "PAPER.md"
 # the reference copy kept with the tests, so the byte check runs on every clone
-REFERENCE = Path(__file__).resolve().parent / "fixtures" / "paper_prompts" / "K1.txt"
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "paper_prompts" / "K1.txt"
 HEADING = "## K.1 Aggregate-and-Synthesize prompt"
 HEADER_END = "Responses from models:"
 

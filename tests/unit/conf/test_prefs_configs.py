@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from moaa_cluster import build
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 JUDGES = sorted(p.stem for p in (CONF / "judge").glob("*.yaml"))
 PAPER_PIPELINE = [

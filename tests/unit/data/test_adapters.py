@@ -466,7 +466,7 @@ def test_demo_set_is_valid():
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "moaa_cluster" / "data" / "demo.jsonl"
+    path = Path(__file__).resolve().parents[3] / "moaa_cluster" / "data" / "demo.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]
     convs = [to_conversation(r) for r in records]

@@ -33,7 +33,7 @@ from moaa_cluster.engines.workload import (
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.judge.ranking import PairResult, make_plan
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 GIB = 2**30
 
 

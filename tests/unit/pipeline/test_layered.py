@@ -22,7 +22,7 @@ from moaa_cluster.pipeline.layered import (
 )
 from moaa_cluster.pipeline.synth import INPUT_SCHEMA, SHARD_SCHEMA, SynthSettings
 from moaa_cluster.runs.options import RunOptions
-from tests.unit.test_mixture import FakeBackend
+from tests.unit.moa.test_mixture import FakeBackend
 
 SIZE = {"big": 8, "mid": 4, "small": 2, "agg": 4}
 
