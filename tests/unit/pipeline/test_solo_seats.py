@@ -13,8 +13,8 @@ from moaa_cluster.moa.mixture import Agent, Mixture, run_row
 from moaa_cluster.pipeline.derive import derive
 from moaa_cluster.pipeline.layered import plan_passes
 from moaa_cluster.pipeline.synth import SynthSettings
-from tests.unit.pipeline.test_layered import _run_passes
 from tests.unit.moa.test_mixture import FakeBackend
+from tests.unit.pipeline.test_layered import _run_passes
 
 SOLO = Mixture(
     layers=(
