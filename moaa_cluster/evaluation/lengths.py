@@ -4,12 +4,12 @@ Generation needs every turn plus the model's earlier answers (each at most ``max
 plus the answer; the judge's largest prompt (K.4) holds the question, both answers, every
 critique, then the verdict. Counted with each model's tokenizer, before any engine starts;
 the split into questions and input rejects is
-:func:`moaa_cluster.engines.lengths.split_by_length`, shared with synth's check.
+:func:`moaa_cluster.data.lengths.split_by_length`, shared with synth's check.
 """
 
 from __future__ import annotations
 
-from moaa_cluster.engines.lengths import split_by_length
+from moaa_cluster.data.lengths import split_by_length
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.evaluation.answers import judge_inputs
 from moaa_cluster.evaluation.settings import EvalSettings

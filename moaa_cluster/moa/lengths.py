@@ -2,12 +2,12 @@
 
 The rule is :mod:`moaa_cluster.moa.budget`'s floor (every carried answer cut to the
 truncation marker); the split into rows and input rejects is
-:func:`moaa_cluster.engines.lengths.split_by_length`, shared with the evaluation's check.
+:func:`moaa_cluster.data.lengths.split_by_length`, shared with the evaluation's check.
 """
 
 from __future__ import annotations
 
-from moaa_cluster.engines.lengths import split_by_length
+from moaa_cluster.data.lengths import split_by_length
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa.budget import reserved_tokens
 from moaa_cluster.moa.fitters import load_fitters

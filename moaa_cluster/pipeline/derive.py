@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moaa_cluster.moa.teachers import teachers
+from moaa_cluster.runs.files import write_parquet_atomic
 
 KINDS = ("single", "combined", "random")
 
@@ -76,6 +77,6 @@ def main(argv: list[str]) -> int:
     )
     out = args.out or args.run_dir / "ablations" / f"{args.kind}{suffix}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(result), out)
+    write_parquet_atomic(pa.Table.from_pylist(result), out)
     print(f"{len(result)} rows -> {out}")
     return 0

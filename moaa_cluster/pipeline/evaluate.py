@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from moaa_cluster.engines.describe import model_record
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.evaluation.answers import attach_baseline, load_baseline
@@ -290,7 +291,7 @@ def _save_manifest(
             "tokens_per_model": summary["tokens_per_model"],
         },
         timings_s=cumulative,
-        models={k: asdict(s) for k, s in ev.specs.items()},
+        models={k: model_record(s) for k, s in ev.specs.items()},
         details={
             "last_invocation_s": summary["last_invocation_s"],
             "summary": {k: summary[k] for k in ("model", "baseline", "judge_name", "win_rate")},

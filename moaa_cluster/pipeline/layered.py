@@ -28,7 +28,7 @@ from moaa_cluster.engines.placement import Capacity, first_fit_waves
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import CallContext, Mixture, Step, conversation, run_steps
-from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, stream_rows
+from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, shard_schema, stream_rows
 from moaa_cluster.runs.options import RunOptions
 from moaa_cluster.runs.shards import consolidate, write_shard
 
@@ -115,14 +115,11 @@ def plan_passes(
 
 def _pass_schemas(call_type: pa.DataType, input_schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
     pass_in = pa.schema([*input_schema, ("state", pa.string())])
-    pass_out = pa.schema(
+    pass_out = shard_schema(
         [
             ("id", pa.string()),
             ("state", pa.string()),  # JSON: this pass's answer columns
             ("calls", pa.list_(call_type)),
-            ("error", pa.string()),
-            ("finished_at", pa.float64()),
-            ("retries", pa.int32()),
         ]
     )
     return pass_in, pass_out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moaa_cluster.engines.lengths import split_by_length
+from moaa_cluster.data.lengths import split_by_length
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa import lengths
 from moaa_cluster.moa.mixture import Agent, Mixture

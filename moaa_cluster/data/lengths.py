@@ -1,4 +1,4 @@
-"""The up-front context-length check every task runs before any engine starts.
+"""Splitting rows by an up-front context-length check (synth and eval run one before any engine starts).
 
 A task knows why one of its rows cannot fit a model's ``max_model_len`` (synth: the mixture's
 floor prompts, ``moa/lengths.py``; eval: the answers and the judge's prompts,
