@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from moaa_cluster.engines import reward
 from moaa_cluster.pipeline import best_of_n as bon
 
 SEATS = ("WizardLM-2-8x22B", "Qwen2-72B-Instruct", "gemma-2-27b-it", "Qwen1.5-110B-Chat")
@@ -137,7 +138,7 @@ def test_scores_are_the_reward_heads_raw_output(result, models_dir):
 
     _, rows, _, _ = result
     path = str(models_dir / "smollm2-135m-instruct")
-    tok = bon._tokenizer(path, False)
+    tok = reward._tokenizer(path, False)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     yes, no = tok.convert_tokens_to_ids(["Yes", "No"])
     cands = bon.candidates(ROWS[0])
