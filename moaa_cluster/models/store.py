@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -53,6 +54,14 @@ class PackagedModel:
     chat_template: str | None = None  # used when the GGUF carries none
     # stop the base model at the end of its turn, not at the end of the document
     generation_eos: tuple[str, ...] = ()
+
+
+def default_models_dir() -> Path:
+    """Where prepared checkpoints live unless told otherwise: ``$MOAA_MODELS_DIR``, else
+    ``~/.cache/moaa-cluster/models`` (the configs' ``models_dir`` default says the same)."""
+    return Path(
+        os.environ.get("MOAA_MODELS_DIR", Path.home() / ".cache" / "moaa-cluster" / "models")
+    )
 
 
 def _package_dir(package: str) -> Path:

@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -186,6 +185,22 @@ def requests(rows: list[dict], layer: int = 0) -> list[dict]:
 # --------------------------------------------------------------------------- reward model
 
 
+def cluster_config(name: str) -> dict:
+    """``conf/cluster/<name>.yaml``, resolved where the configs put it (under ``cluster``: its
+    interpolations say ``${cluster.<key>}``).
+
+    Raises:
+        ConfigError: No such cluster config.
+    """
+    from omegaconf import OmegaConf
+
+    path = CONF_DIR / "cluster" / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"cluster config not found: {path}")
+    root = OmegaConf.create({"cluster": OmegaConf.load(path)})
+    return OmegaConf.to_container(root, resolve=True)["cluster"]
+
+
 def load_reward_spec(
     name_or_path: str, models_dir: str | Path | None = None, cluster: str = "local"
 ) -> ModelSpec:
@@ -205,16 +220,13 @@ def load_reward_spec(
         path = CONF_DIR / "model" / f"{name_or_path}.yaml"
     if not path.exists():
         raise ConfigError(f"reward model config not found: {path}")
-    cluster_path = CONF_DIR / "cluster" / f"{cluster}.yaml"
-    if not cluster_path.exists():
-        raise ConfigError(f"cluster config not found: {cluster_path}")
-    models_dir = models_dir or os.environ.get(
-        "MOAA_MODELS_DIR", str(Path.home() / ".cache" / "moaa-cluster" / "models")
-    )
+    from moaa_cluster.models.store import default_models_dir
+
+    models_dir = models_dir or default_models_dir()
     root = OmegaConf.create(
         {
             "models_dir": str(models_dir),
-            "cluster": OmegaConf.load(cluster_path),
+            "cluster": cluster_config(cluster),
             "model": OmegaConf.load(path),
         }
     )
@@ -307,15 +319,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, help="default: <run_dir>/ablations/best-of-n-<name>.parquet")
     args = p.parse_args(argv)
 
-    from omegaconf import OmegaConf
-
     from moaa_cluster import runtime
 
     try:
         spec = load_reward_spec(args.reward_model, args.models_dir, args.cluster)
-        cluster = OmegaConf.to_container(
-            OmegaConf.load(CONF_DIR / "cluster" / f"{args.cluster}.yaml"), resolve=True
-        )
+        cluster = cluster_config(args.cluster)
         runtime.set_offline(cluster.get("env"))
         runtime.init_ray(cluster)
         result = run(

@@ -277,6 +277,15 @@ def test_the_paper_reward_config_resolves_for_the_gpu_cluster(tmp_path):
     assert spec.engine_kwargs == {"runner": "pooling"}
 
 
+def test_the_cluster_config_main_starts_ray_with_resolves_its_own_references():
+    """`--cluster slurm_a100` interpolates `${cluster.accelerator_type}`: resolved in place."""
+    cluster = bon.cluster_config("slurm_a100")
+    assert cluster["accelerator_type"] == "A100-80G"
+    assert all("${" not in str(v) for v in cluster.values())
+    with pytest.raises(ConfigError, match="cluster config not found"):
+        bon.cluster_config("no_such_cluster")
+
+
 def test_a_generative_model_is_refused_as_reward_model(tmp_path):
     (tmp_path / "smollm2-135m-instruct").mkdir()
     (tmp_path / "smollm2-135m-instruct" / "config.json").write_text("{}")
