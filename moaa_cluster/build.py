@@ -137,7 +137,21 @@ def eval_settings(cfg):
         resamples=int(cfg.resamples),
         confidence=float(cfg.confidence),
         length_control=bool(cfg.length_control),
+        protocol=protocol_settings(cfg.get("protocol"), cfg.seed),
     )
+
+
+def protocol_settings(cfg, seed: int | None):
+    """The evaluation protocol from ``conf/protocol/*.yaml`` (None: pairwise)."""
+    from moaa_cluster.evaluation.settings import ProtocolSettings
+
+    if cfg is None:
+        return ProtocolSettings(seed=seed)
+    plain = {k: v for k, v in _plain(cfg).items() if k != "run_tag"}
+    unknown = set(plain) - set(ProtocolSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"protocol: unknown keys {sorted(unknown)}")
+    return ProtocolSettings(**plain, seed=seed)
 
 
 def eval_judge(cfg):

@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+from moaa_cluster.evaluation.protocol_summary import format_protocol
 from moaa_cluster.evaluation.summary import format_summary
 from moaa_cluster.reporting.part import RunPart
 from moaa_cluster.runs.files import read_json
@@ -190,6 +191,9 @@ def _load_eval(part: RunPart) -> None:
     part.timings = {**s.get("timings_s", {}), **part.timings}
     for model, t in (s.get("tokens_per_model") or {}).items():
         _add_tokens(part.tokens, model, t["calls"], t["prompt_tokens"], t["completion_tokens"])
+    if "protocol" in s:
+        _load_protocol(part, s)
+        return
     w = s["win_rate"]
 
     def add(label: str, r: dict) -> None:
@@ -227,6 +231,27 @@ def _load_eval(part: RunPart) -> None:
         *table[1:-1],
         "",
         table[-1],
+    ]
+
+
+def _load_protocol(part: RunPart, s: dict) -> None:
+    """A benchmark protocol's run: its headline score (and a rate for the win-rate plot)."""
+    h = s["protocol"]["headline"]
+    if h["value"] is not None and h["unit"] == "%":
+        low, high = h["low"], h["high"]
+        part.win_rates.append(
+            {
+                "label": f"{s['model']}: {h['protocol']} {h['metric']}",
+                "rate": h["value"] / 100,
+                "low": None if low is None else low / 100,
+                "high": None if high is None else high / 100,
+            }
+        )
+    part.lines += [
+        f"{s['evaluated']} of {s['questions']} questions answered and judged "
+        f"({s['rejected']} rejected, {s['failed']} failed).",
+        "",
+        *format_protocol(s).splitlines(),
     ]
 
 
