@@ -203,6 +203,20 @@ def train_scaling(cluster_cfg):
     return Scaling(**train)
 
 
+def _check_eval_judge(specs: dict, base) -> None:
+    """A pipeline that aligns a real model must not be evaluated by the packaged toy judge
+    (a paper-scale run that kept the embedded default ``judge@eval_judge``)."""
+    from moaa_cluster.models.store import PACKAGED
+
+    toy = {s.name for s in specs.values()} <= set(PACKAGED)
+    if toy and base.name not in PACKAGED:
+        raise ConfigError(
+            f"the evaluation judge is the packaged toy judge ({sorted(s.name for s in specs.values())}) "
+            f"but the model being aligned is {base.name}: set judge@eval_judge=... "
+            "(e.g. paper_eval, or paper_stage2 for a recipe without stage 2)"
+        )
+
+
 def pipeline(cfg):
     """All stages' objects for ``moaa pipeline`` (``conf/pipeline.yaml``)."""
     from omegaconf import OmegaConf
@@ -211,7 +225,11 @@ def pipeline(cfg):
 
     mix, synth_specs, defaults = mixture(cfg.mixture)
     judge_spec, judge_specs = judge(cfg.judge)
+    eval_judge_spec, eval_judge_specs = (
+        judge(cfg.eval_judge) if cfg.get("eval_judge") is not None else (None, None)
+    )
     base = model_specs({"base": cfg.base})["base"]
+    _check_eval_judge(eval_judge_specs or judge_specs, base)
     prefs_view = OmegaConf.create(
         {**_plain(cfg.prefs), "seed": cfg.seed, "cluster": _plain(cfg.cluster)}
     )
@@ -247,5 +265,7 @@ def pipeline(cfg):
         eval_sources=sources(cfg.eval_data),
         eval_settings=eval_settings(eval_view),
         eval_limit=limit(cfg.eval.limit, cfg.eval_data),
+        eval_judge=eval_judge_spec,
+        eval_judge_specs=eval_judge_specs,
         stages=check_stages(tuple(cfg.get("stages") or STAGES)),
     )

@@ -23,7 +23,7 @@ KIND_FILES = (
 )
 
 # stage subdirectories of `moaa pipeline`, in the order they run
-PIPELINE_ORDER = ("synth", "sft", "sample", "prefs", "dpo", "eval")
+PIPELINE_ORDER = ("synth", "sft", "sample", "prefs", "dpo", "eval_sft", "eval")
 
 
 def detect(path: Path) -> str | None:

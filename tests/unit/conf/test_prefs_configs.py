@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from moaa_cluster import build
+from moaa_cluster.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -17,6 +18,7 @@ PAPER_PIPELINE = [
     "models_dir=/m",
     "mixture=paper_small_scale",
     "judge=paper_stage2",
+    "judge@eval_judge=paper_eval",
     "model@base=gemma_2_9b_it",
     "train@train_sft=sft_paper_gemma",
     "train@train_dpo=dpo_paper_gemma",
@@ -52,6 +54,18 @@ def test_paper_pipeline_recipe_takes_paper_lengths_and_dataset_sizes(compose):
     assert parts.prefs_limit is None  # no toy limit: the dataset's own 6,000
     (src,) = parts.prefs_sources
     assert (src.name, src.limit) == ("ultrafeedback_6k", 6000)
+
+
+def test_the_eval_judge_is_not_the_reward_model_and_never_the_toy_judge_at_paper_scale(compose):
+    parts = build.pipeline(compose("pipeline", PAPER_PIPELINE))
+    assert parts.judge.name == "paper_stage2" and parts.eval_judge.name == "paper_eval"
+    assert parts.eval_judge.aggregator not in (parts.judge.aggregator,)
+    embedded = build.pipeline(compose("pipeline", []))
+    assert (embedded.judge.name, embedded.eval_judge.name) == ("embedded", "embedded_eval")
+    assert set(embedded.eval_judge_specs) == {"gemma_3_270m"}
+    kept_default = [o for o in PAPER_PIPELINE if not o.startswith("judge@eval_judge")]
+    with pytest.raises(ConfigError, match="packaged toy judge .* set judge@eval_judge"):
+        build.pipeline(compose("pipeline", kept_default))
 
 
 def test_paper_prefs_takes_paper_lengths(compose):
