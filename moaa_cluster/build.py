@@ -7,6 +7,7 @@ from moaa_cluster.engines.spec import ModelSpec, spec_from_dict
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import Agent, Mixture
 from moaa_cluster.pipeline.synth import SynthSettings
+from moaa_cluster.pipeline.synth_outputs import check_truncated_policy
 
 
 def _plain(cfg) -> dict:
@@ -70,14 +71,18 @@ def sources(dataset_cfg) -> list[Source]:
     return out
 
 
-def synth_settings(cfg, defaults: dict, execution: str | None = None) -> SynthSettings:
+def synth_settings(cfg, defaults: dict, section=None) -> SynthSettings:
+    """Synth knobs from ``conf/synth.yaml``, or from ``section`` (the pipeline's ``synth:``)
+    for the keys a pipeline sets per stage (``execution``, ``truncated``)."""
+    own = section if section is not None else cfg
     return SynthSettings(
         defaults=defaults,
         seed=cfg.seed,
         batch_size=int(cfg.cluster.batch_size),
         workers=int(cfg.cluster.workers),
         record_prompts=bool(cfg.record_prompts),
-        execution=str(execution or cfg.get("execution") or "auto"),
+        execution=str(own.get("execution") or "auto"),
+        truncated=check_truncated_policy(str(own.get("truncated") or "exclude")),
     )
 
 
@@ -251,7 +256,7 @@ def pipeline(cfg):
         synth_sources=sources(cfg.synth_data),
         mixture=mix,
         synth_specs=synth_specs,
-        synth_settings=synth_settings(cfg, defaults, cfg.synth.get("execution")),
+        synth_settings=synth_settings(cfg, defaults, cfg.synth),
         synth_limit=limit(cfg.synth.limit, cfg.synth_data),
         sft_settings=train_settings(cfg.train_sft, cfg.base, cfg.get("sft_lora"), cfg.seed),
         dpo_settings=train_settings(cfg.train_dpo, cfg.base, cfg.get("dpo_lora"), cfg.seed),

@@ -251,11 +251,13 @@ class StageRun:
             self.skipped.append(name)
             print(f"== {name}: complete in {d}, skipped", flush=True)
             return
-        print(f"== {name} -> {d}", flush=True)
+        n, total = self.stages.index(name) + 1, len(self.stages)
+        print(f"== stage {n}/{total} {name}: started -> {d}", flush=True)
         self._swap_engines(engines)
         t0 = time.monotonic()
         fn()
         self.timings[name] = round(time.monotonic() - t0, 2)
+        print(f"== stage {n}/{total} {name}: ended after {self.timings[name]:.0f} s", flush=True)
         if not is_complete(name, d):
             raise RuntimeError(
                 f"stage {name} did not complete (see {d / 'manifest.json'} and "

@@ -152,4 +152,10 @@ def format_protocol(summary: dict) -> str:
             f"grades read, {p['unparsed']} unreadable, not scored; by category: "
             + ", ".join(f"{c} {num(v)}" for c, v in sorted((p.get("per_category") or {}).items()))
         )
+    cut = summary.get("answers_truncated") or {}
+    if any(cut.values()):
+        lines.append(
+            f"truncated: {cut.get('model', 0)} model and {cut.get('baseline', 0)} baseline "
+            "answers stopped at max_tokens (finish_reason: length), judged as they are"
+        )
     return "\n".join(lines)

@@ -34,7 +34,9 @@ from moaa_cluster.evaluation.summary import (
     format_summary,
     summarize_judgments,
     tally_tokens,
+    truncated_answers,
 )
+from moaa_cluster.judge.costs import calls_per_pair
 from moaa_cluster.judge.judge import JudgeSpec
 from moaa_cluster.pipeline.eval_outputs import write_answers_and_judgments, write_eval_rejects
 from moaa_cluster.pipeline.eval_protocols import attach_mt_bench
@@ -237,12 +239,19 @@ def _answer_and_judge(ev: _Eval, todo: list[dict], run: TaskRun) -> None:
                     batch_size=ev.settings.batch_size,
                     workers=ev.settings.workers,
                     worker_cpus=ev.settings.worker_cpus,
-                    desc="eval questions",
+                    desc="eval",
                     progress=opts.progress,
+                    calls=sum(_calls_per_question(ev, r) for r in todo),
                 ),
             )
         finally:
             run.timings["answer_and_judge"] = time.monotonic() - t0
+
+
+def _calls_per_question(ev: _Eval, row: dict) -> int:
+    """The model's turns, the baseline model's turns when it answers, the judge's pair."""
+    turns = len(row["turns"])
+    return turns + (0 if row.get("baseline") else turns) + calls_per_pair(ev.judge)
 
 
 def _consolidated(run_dir: Path, rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -283,6 +292,7 @@ def _summary(
         "rejected": len(questions.rejects),
         "baseline_records_rejected": len(questions.baseline_rejects),
         **judged,
+        "answers_truncated": truncated_answers(finished),
         "tokens_per_model": tally_tokens(finished, ev.model, ev.baseline.model, ev.judge.name),
         "timings_s": {k: round(v, 2) for k, v in cumulative.items()},
         "last_invocation_s": {k: round(v, 2) for k, v in timings.items()},

@@ -8,6 +8,7 @@ from pathlib import Path
 from moaa_cluster.evaluation.table import build_table, format_table
 from moaa_cluster.reporting.collect import collect, detect, rehearsal_of
 from moaa_cluster.reporting.costs import cost_rows, format_cost_table
+from moaa_cluster.reporting.overview import overview_lines
 from moaa_cluster.reporting.part import RunPart
 from moaa_cluster.reporting.plots import (
     plot_judge,
@@ -76,6 +77,7 @@ def write_report(
             "judge_eval.json, summary.json or metrics.jsonl here or in a subdirectory."
         )
     else:
+        lines += overview_lines(run_dir, kind, parts)
         lines += table_lines(parts)
         lines += cost_lines(parts, prices, gpu_hour_usd)
         lines += plot_lines(parts, run_dir / "plots")

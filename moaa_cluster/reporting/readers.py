@@ -37,6 +37,9 @@ def _load_synth(part: RunPart) -> None:
     if rows is None:
         part.missing.append(f"no sft.parquet in {part.path}")
         return
+    # rows whose final answer was cut off, kept out of sft.parquet (truncated=exclude)
+    cut = _read_parquet(part.path / "sft_truncated.parquet", ["id", "calls"]) or []
+    rows = rows + cut
     if not part.tokens:
         for r in rows:
             for c in r["calls"] or []:
@@ -53,6 +56,15 @@ def _load_synth(part: RunPart) -> None:
         f"{counts.get('rows_failed', '?')} failed, {counts.get('rejects_input', '?')} rejected "
         "on input."
     )
+    if counts.get("rows_truncated"):
+        fate = (
+            f"{len(cut)} left out of sft.parquet (in sft_truncated.parquet)"
+            if cut
+            else "kept in sft.parquet, flagged `truncated`"
+        )
+        part.lines.append(
+            f"{counts['rows_truncated']} end in a final answer cut off at max_tokens: {fate}."
+        )
     if latency:
         part.lines += [
             "",
