@@ -7,16 +7,32 @@ from moaa_cluster.evaluation.table import build_table, format_table, write_table
 
 def _pairwise(model: str, rate: float) -> dict:
     w = {"win_rate": rate, "ci_low": rate - 0.1, "ci_high": rate + 0.1}
-    return {"model": model, "baseline": "base", "judge_name": "single:gemma", "evaluated": 8,
-            "win_rate": w}  # fmt: skip
+    return {
+        "model": model,
+        "baseline": "base",
+        "judge_name": "single:gemma",
+        "evaluated": 8,
+        "win_rate": w,
+    }
 
 
 def _protocol(model: str, name: str, value: float, unit: str, baseline: str | None) -> dict:
     metric = {"alpaca_eval2": "LC win rate", "arena_hard": "win rate (BT)", "mt_bench": "score"}
-    h = {"protocol": name, "metric": metric[name], "unit": unit, "value": value,
-         "low": value - 1, "high": value + 1}  # fmt: skip
-    return {"model": model, "baseline": baseline, "judge_name": "single:judge", "evaluated": 5,
-            "protocol": {"headline": h}}  # fmt: skip
+    h = {
+        "protocol": name,
+        "metric": metric[name],
+        "unit": unit,
+        "value": value,
+        "low": value - 1,
+        "high": value + 1,
+    }
+    return {
+        "model": model,
+        "baseline": baseline,
+        "judge_name": "single:judge",
+        "evaluated": 5,
+        "protocol": {"headline": h},
+    }
 
 
 SUMMARIES = [

@@ -77,8 +77,13 @@ def test_arena_plays_both_orders_and_reads_the_models_outcomes():
 
 
 def test_mt_bench_grades_each_turn_against_the_reference_when_the_category_needs_one():
-    row = {"id": "r", "source_id": "101", "turns": ["2+2?", "times 3?"], "category": "math",
-           "reference": ["4", "12"]}  # fmt: skip
+    row = {
+        "id": "r",
+        "source_id": "101",
+        "turns": ["2+2?", "times 3?"],
+        "category": "math",
+        "reference": ["4", "12"],
+    }
     judge = Judge(["Rating: [[9]]", "Rating: [[11]]"])
     out = run(grade_mt_bench(judge, row, ["4", "12"], ProtocolSettings("mt_bench"), "101"))
     assert out["grades"] == [9.0, None]  # 11 is out of range: counted, not scored

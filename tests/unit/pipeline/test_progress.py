@@ -62,15 +62,17 @@ def test_counting_backend_counts_calls_and_tokens_and_sends_them_batched(monkeyp
 
 
 def test_eta_comes_from_the_measured_call_rate_and_falls_back_to_rows():
-    s = Snapshot("synth", rows=0, rows_total=40, calls=30, calls_planned=120, tokens=900,
-                 elapsed_s=60.0)  # fmt: skip
+    s = Snapshot(
+        "synth", rows=0, rows_total=40, calls=30, calls_planned=120, tokens=900, elapsed_s=60.0
+    )
     assert s.calls_per_s == pytest.approx(0.5)
     assert s.eta_s == pytest.approx(180.0)
     line = s.line()
     assert "[synth] calls 30/120 (25%), 0.50/s" in line and "rows 0/40" in line
     assert "ETA 3m00s" in line and "\r" not in line
-    rows_only = Snapshot("x", rows=10, rows_total=40, calls=0, calls_planned=None, tokens=0,
-                         elapsed_s=20.0)  # fmt: skip
+    rows_only = Snapshot(
+        "x", rows=10, rows_total=40, calls=0, calls_planned=None, tokens=0, elapsed_s=20.0
+    )
     assert rows_only.eta_s == pytest.approx(60.0)
     assert Snapshot("x", 0, 4, 0, 10, 0, 5.0).eta_s is None
     over = Snapshot("x", 4, 4, 130, 120, 0, 10.0)  # judge recoveries: more calls than planned
