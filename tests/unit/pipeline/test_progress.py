@@ -126,3 +126,33 @@ def test_planned_comparisons_are_what_the_plans_run(n):
             ran += len(pairs)
             plan.record([PairResult(i, j, "tie") for i, j in pairs])
         assert planned_comparisons(name, n) == ran, (name, n)
+
+
+def test_the_frames_worker_wrapper_counts_every_backend_call_and_flushes_at_the_batch_end():
+    import pyarrow as pa
+
+    from moaa_cluster.pipeline.frame import _Counted
+
+    class Worker:
+        def __init__(self, n: int):
+            self.n = n
+            self.backends = {"a": _Echo(), "b": _Echo()}
+
+        async def __call__(self, batch):
+            for _ in range(self.n):
+                await self.backends["a"].chat([], {"n": 2})
+                await self.backends["b"].chat([], {"n": 3})
+            yield batch
+
+    tally = CallTally()
+    wrapped = _Counted(Worker, {"n": 2}, _Remote(tally))
+    assert all(isinstance(b, CountingBackend) for b in wrapped.worker.backends.values())
+
+    async def drain():
+        return [b async for b in wrapped(pa.table({"id": ["x"]}))]
+
+    out = asyncio.run(drain())
+    assert out[0].num_rows == 1
+    assert tally.read() == (4, 10)  # flushed when the batch ended, within the interval
+    plain = _Counted(Worker, {"n": 1}, None)  # progress off: backends untouched
+    assert isinstance(plain.worker.backends["a"], _Echo)
