@@ -214,7 +214,9 @@ class StageRun:
             ),
             self.prefs_specs,
         )
-        if self.sft_spec.name in self.started:  # the SFT sampler is done: free its memory for DPO
+        # the SFT sampler is done: free its GPU memory for DPO (on CPU it stays up: the eval
+        # stage evaluates the SFT model too, and a CPU engine start costs half a minute)
+        if self.sft_spec.name in self.started and p.scaling.use_gpu:
             stop_engines([self.started.pop(self.sft_spec.name)])
         dpo_settings = replace(p.dpo_settings, base_model=str(self.dir("sft") / "model"))
         self.stage(

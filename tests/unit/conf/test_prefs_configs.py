@@ -33,7 +33,7 @@ def test_embedded_pipeline_keeps_its_toy_sizes_in_a_dataset(compose):
     assert cfg.prefs.limit is None  # the toy limit is the dataset's, not the recipe's
     assert cfg.prefs_data.name == "embedded_prefs"
     parts = build.pipeline(cfg)
-    assert parts.prefs_limit == 4
+    assert parts.prefs_limit == 3
     assert [(s.name, s.path) for s in parts.prefs_sources] == [("embedded_demo", "builtin:demo")]
     assert parts.prefs_settings.sampling == {"temperature": 0.8, "top_p": 1.0, "max_tokens": 160}
     assert parts.prefs_settings.num_candidates == 5
