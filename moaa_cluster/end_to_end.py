@@ -229,12 +229,18 @@ class StageRun:
         """The SFT model (when the recipe has DPO) into ``eval_sft/``, then the final model into
         ``eval/``, each against the base model's answers, generated once."""
         p = self.parts
+        judges = p.eval_judge_specs or p.judge_specs
         baseline = Baseline(model=p.base)
         if "dpo" in self.stages:
+            # only this evaluation's engines stay up: every engine holds CPUs, and Ray Data
+            # needs some left to run at all (four engines on the local cluster left none)
+            self._swap_engines({**judges, "model": self.sft_spec, "baseline": p.base})
             _evaluate(p, self.sft_spec, baseline, self.stage_opts(EVAL_SFT, p.eval_limit))
             baseline = Baseline(
                 answers=str(self.dir(EVAL_SFT) / "baseline_answers.parquet"), name=p.base.name
             )
+        engines = {**judges, "model": self.final}
+        self._swap_engines(engines if baseline.model is None else {**engines, "baseline": p.base})
         _evaluate(p, self.final, baseline, self.stage_opts("eval", p.eval_limit))
 
     def stage(self, name: str, fn, engines: dict | None = None) -> None:
