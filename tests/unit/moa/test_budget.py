@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -29,11 +27,10 @@ from moaa_cluster.moa.budget import (
 from moaa_cluster.moa.fitters import tokenizer_fitter
 from moaa_cluster.moa.lengths import length_rejects
 from moaa_cluster.moa.prompts import AGGREGATE_AND_SYNTHESIZE, inject_responses
+from moaa_cluster.models.store import default_models_dir
 from tests.conftest import SHARED
 
-MODELS_DIR = Path(
-    os.environ.get("MOAA_MODELS_DIR", str(Path.home() / ".cache" / "moaa-cluster" / "models"))
-)
+MODELS_DIR = default_models_dir()
 SMOLLM2 = MODELS_DIR / "smollm2-135m-instruct"
 MT_BENCH = SHARED / "data" / "mt_bench" / "question.jsonl"
 needs_smollm2 = pytest.mark.skipif(

@@ -10,6 +10,7 @@ import pytest
 
 from moaa_cluster.engines import reward
 from moaa_cluster.errors import ConfigError
+from moaa_cluster.models.store import default_models_dir
 from moaa_cluster.pipeline import best_of_n as bon
 from moaa_cluster.pipeline.derive import _teacher_rows
 
@@ -251,7 +252,7 @@ def test_render_uses_the_reward_models_template_without_a_generation_prompt(mode
 
 @pytest.fixture(scope="module")
 def models_dir() -> Path:
-    d = Path.home() / ".cache" / "moaa-cluster" / "models"
+    d = default_models_dir()
     if not (d / "smollm2-135m-instruct" / "tokenizer.json").exists():
         pytest.skip("packaged SmolLM2 not prepared (moaa models prepare)")
     return d
