@@ -13,6 +13,8 @@ and its details; what the judge's output did not let us read is counted, never s
 
 from __future__ import annotations
 
+import json
+
 from moaa_cluster.evaluation.bradley_terry import Battle, answer_style, arena_hard_scores
 from moaa_cluster.evaluation.lc_winrate import lc_win_rate
 from moaa_cluster.evaluation.mt_bench_scores import TurnScore, mt_bench_scores
@@ -41,7 +43,11 @@ def headline(protocol: str, value: float | None, low: float | None, high: float 
 
 def _alpaca(rows: list[dict], s: EvalSettings) -> dict:
     read = [r for r in rows if r.get("preference") is not None]
-    out: dict = {"judged": len(read), "unparsed": len(rows) - len(read)}
+    recovered = sum(
+        str(json.loads(r.get("judge") or "{}").get("read_from", "")).startswith("recovered")
+        for r in read
+    )
+    out: dict = {"judged": len(read), "unparsed": len(rows) - len(read), "recovered": recovered}
     if not read:
         return {**out, "headline": headline("alpaca_eval2", None, None, None)}
     res = lc_win_rate(
@@ -140,6 +146,12 @@ def format_protocol(summary: dict) -> str:
         lines.append(
             f"win rate {num(p.get('win_rate'))}%; {p['judged']} judged, {p['unparsed']} "
             "unreadable (neither m nor M in the top logprobs or the text), not scored"
+            + (
+                f"; {p['recovered']} of the judged read only when asked again constrained to "
+                "m/M (the judge's first answer named neither)"
+                if p.get("recovered")
+                else ""
+            )
         )
     elif h["protocol"] == "arena_hard":
         lines.append(

@@ -49,6 +49,14 @@ class ProtocolSettings:
         """MT-Bench grades each answer alone; the others compare with a baseline."""
         return self.name != "mt_bench"
 
+    def judge_calls(self, turns: int, pair_calls: int) -> int:
+        """Judge calls one question is planned to take (re-asks come on top): the pairwise
+        judge's ``pair_calls``, one AlpacaEval 2 call, two Arena-Hard games, an MT-Bench grade
+        for each of the first two turns."""
+        if self.name == "mt_bench":
+            return min(2, turns)
+        return {"alpaca_eval2": 1, "arena_hard": 2}.get(self.name, pair_calls)
+
 
 @dataclass
 class EvalSettings:

@@ -6,7 +6,11 @@ benchmark's own prompt (``evaluation/protocols``) and recording what it read:
 
 * ``alpaca_eval2``: one call, one token; the preference P(model preferred) from the token's
   top logprobs, else from the text; the reference in a fixed position (``output_1``) or a
-  position drawn per question from the seed (recorded).
+  position drawn per question from the seed (recorded). With the judge's ``recover`` (as the
+  pairwise judge re-asks an unparsable verdict), an answer naming neither identifier is asked
+  once more with decoding constrained to ``m``/``M``, read the same way and recorded as
+  recovered: a GPT-4-class judge never needs it, the packaged 270M judge always does (its
+  top-5 first tokens are "You", "The", "{"...).
 * ``arena_hard``: two games (baseline as A, then model as A); each verdict on the 5-level
   scale, as the model's outcome.
 * ``mt_bench``: the model's answer graded 1-10, turn by turn, against the reference answer
@@ -40,30 +44,51 @@ def _sampling(settings: dict, max_tokens: int | None, seed: int | None, key: str
     return params
 
 
+def _read_alpaca(c, position: str) -> tuple[float | None, str]:
+    """The preference from one judge answer: its first token's top logprobs, else its text."""
+    if c.top_logprobs:
+        p = alpaca_eval2.preference_from_logprobs(c.top_logprobs[0], position)
+        if p is not None:
+            return p, "logprobs"
+    p = alpaca_eval2.preference_from_text(c.text, position)
+    return p, "text" if p is not None else "none"
+
+
 async def judge_alpaca(
-    judge, question: str, model_answer: str, reference: str, ps: ProtocolSettings, key: str
+    judge,
+    question: str,
+    model_answer: str,
+    reference: str,
+    ps: ProtocolSettings,
+    key: str,
+    recover: bool = False,
 ) -> dict:
-    """AlpacaEval 2: the preference for the model's output (None when unreadable)."""
+    """AlpacaEval 2: the preference for the model's output (None when unreadable).
+
+    ``recover``: an unreadable answer is asked again, constrained to the two identifiers.
+    """
     position = (
         alpaca_eval2.model_position_for(ps.seed or 0, key)
         if ps.model_position == "random"
         else alpaca_eval2.DEFAULT_MODEL_POSITION
     )
     messages = alpaca_eval2.judge_messages(question, reference, model_answer, position)
-    c = await judge.chat(messages, _sampling(alpaca_eval2.JUDGE_SETTINGS, None, ps.seed, key))
-    p, how = None, "none"
-    if c.top_logprobs:
-        p = alpaca_eval2.preference_from_logprobs(c.top_logprobs[0], position)
-        how = "logprobs" if p is not None else how
-    if p is None:
-        p = alpaca_eval2.preference_from_text(c.text, position)
-        how = "text" if p is not None else how
+    sampling = _sampling(alpaca_eval2.JUDGE_SETTINGS, None, ps.seed, key)
+    c = await judge.chat(messages, sampling)
+    calls = [c]
+    p, how = _read_alpaca(c, position)
+    record = {"model_position": position, "read_from": how, "text": c.text, "top": c.top_logprobs}
+    if p is None and recover:
+        ids = [alpaca_eval2.OUTPUT_1_ID, alpaca_eval2.OUTPUT_2_ID]
+        retry = await judge.chat(messages, {**sampling, "structured_outputs": {"choice": ids}})
+        calls.append(retry)
+        p, how = _read_alpaca(retry, position)
+        record["read_from"] = f"recovered_{how}" if p is not None else "none"
+        record["recovery"] = {"text": retry.text, "top": retry.top_logprobs}
     out = {"preference": p}
     out["outcome"] = None if p is None else "win" if p > 0.5 else "loss" if p < 0.5 else "tie"
-    out["judge"] = json.dumps(
-        {"model_position": position, "read_from": how, "text": c.text, "top": c.top_logprobs}
-    )
-    _usage(out, [c])
+    out["judge"] = json.dumps(record)
+    _usage(out, calls)
     return out
 
 

@@ -163,5 +163,6 @@ class EvalWorker(RowWorker):
         # the benchmarks are single-turn: the question itself (a multi-turn row: its
         # transcript, as the pairwise judge sees it)
         question = prompt[-1]["content"]
-        fn = judge_alpaca if ps.name == "alpaca_eval2" else judge_arena
-        return await fn(judge, question, a, b, ps, key)
+        if ps.name == "alpaca_eval2":
+            return await judge_alpaca(judge, question, a, b, ps, key, recover=self.judge.recover)
+        return await judge_arena(judge, question, a, b, ps, key)

@@ -249,9 +249,10 @@ def _answer_and_judge(ev: _Eval, todo: list[dict], run: TaskRun) -> None:
 
 
 def _calls_per_question(ev: _Eval, row: dict) -> int:
-    """The model's turns, the baseline model's turns when it answers, the judge's pair."""
-    turns = len(row["turns"])
-    return turns + (0 if row.get("baseline") else turns) + calls_per_pair(ev.judge)
+    """The model's turns, the baseline model's turns when it answers, the judge's calls."""
+    turns, ps = len(row["turns"]), ev.settings.protocol
+    baseline = turns if ps.needs_baseline and not row.get("baseline") else 0
+    return turns + baseline + ps.judge_calls(turns, calls_per_pair(ev.judge))
 
 
 def _consolidated(run_dir: Path, rows: list[dict]) -> tuple[list[dict], list[dict]]:

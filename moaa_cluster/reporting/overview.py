@@ -58,7 +58,7 @@ def _came_out(part: RunPart) -> str | None:
     if part.kind == "eval" and part.win_rates:
         w = part.win_rates[0]
         ci = f" [{100 * w['low']:.0f}, {100 * w['high']:.0f}]" if w.get("low") is not None else ""
-        return f"{w['label']}: win rate {100 * w['rate']:.1f}%{ci}"
+        return f"{w['label']}: {w.get('metric', 'win rate')} {100 * w['rate']:.1f}%{ci}"
     return None
 
 

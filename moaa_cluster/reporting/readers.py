@@ -253,7 +253,9 @@ def _load_protocol(part: RunPart, s: dict) -> None:
         low, high = h["low"], h["high"]
         part.win_rates.append(
             {
-                "label": f"{s['model']}: {h['protocol']} {h['metric']}",
+                "label": f"{s['model']}: {h['protocol']}"
+                + (f" vs {s['baseline']}" if s.get("baseline") else ""),
+                "metric": h["metric"],
                 "rate": h["value"] / 100,
                 "low": None if low is None else low / 100,
                 "high": None if high is None else high / 100,

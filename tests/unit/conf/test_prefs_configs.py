@@ -36,7 +36,12 @@ def test_embedded_pipeline_keeps_its_toy_sizes_in_a_dataset(compose):
     assert parts.prefs_limit == 3
     assert [(s.name, s.path) for s in parts.prefs_sources] == [("embedded_demo", "builtin:demo")]
     assert parts.prefs_settings.sampling == {"temperature": 0.8, "top_p": 1.0, "max_tokens": 160}
-    assert parts.prefs_settings.num_candidates == 5
+    # the packaged judge ranks 3 candidates (the demo's cost); the paper judges rank 5
+    assert parts.prefs_settings.num_candidates == 3
+    for recipe in ("pipeline", "prefs", "plan"):
+        paper = compose(recipe, ["models_dir=/m", "judge=paper_stage2"])
+        n = paper.prefs.num_candidates if recipe != "prefs" else paper.num_candidates
+        assert n == 5, recipe
 
 
 def test_embedded_prefs_keeps_160_token_candidates(compose):

@@ -61,6 +61,38 @@ def test_alpaca_falls_back_to_the_text_and_counts_an_unreadable_answer():
     assert bad["preference"] is None and bad["outcome"] is None
 
 
+def test_alpaca_asks_again_constrained_to_the_identifiers_only_when_the_judge_recovers():
+    # the packaged 270M judge's first token is "You"/"The"/"{": neither identifier
+    top = [[{"token": "You", "logprob": -0.7}, {"token": "The", "logprob": -3.5}]]
+    ps = ProtocolSettings("alpaca_eval2")  # reference first: the model is "M"
+    plain = Judge(["You"], top)
+    assert run(judge_alpaca(plain, "q", "a", "b", ps, "5"))["preference"] is None
+    assert len(plain.calls) == 1  # recover off (the default): counted unreadable, no re-ask
+
+    class Recovering(Judge):
+        async def chat(self, messages, sampling):
+            c = await super().chat(messages, sampling)
+            if "structured_outputs" in sampling:  # the constrained re-ask: m/M only
+                c.top_logprobs = [[{"token": "M", "logprob": math.log(0.6)}]]
+            return c
+
+    judge = Recovering(["You", "M"], top)
+    out = run(judge_alpaca(judge, "q", "a", "b", ps, "5", recover=True))
+    (first_msgs, first), (again_msgs, again) = judge.calls
+    assert "structured_outputs" not in first and again["structured_outputs"] == {
+        "choice": ["m", "M"]
+    }
+    assert again_msgs == first_msgs and again["max_tokens"] == 1
+    record = json.loads(out["judge"])
+    assert out["preference"] == 1.0 and out["outcome"] == "win"  # only M in the masked top
+    assert record["read_from"] == "recovered_logprobs" and record["recovery"]["text"] == "M"
+    assert out["judge_calls"] == 2
+    # a readable first answer is never asked again
+    once = Judge(["m"], [[{"token": "m", "logprob": -0.1}]])
+    assert run(judge_alpaca(once, "q", "a", "b", ps, "5", recover=True))["preference"] == 0.0
+    assert len(once.calls) == 1
+
+
 def test_arena_plays_both_orders_and_reads_the_models_outcomes():
     # game 1: baseline is A, the judge says B (the model) is much better; game 2: model is A
     judge = Judge(["... [[B>>A]]", "My final verdict is tie: [[A=B]]"])
@@ -124,8 +156,13 @@ def test_summaries_count_what_could_not_be_read_and_score_the_rest():
         {"preference": 0.0, "model_answers": ["a"], "baseline_answers": ["b"]},
         {"preference": None, "model_answers": ["a"], "baseline_answers": ["b"]},
     ]
+    rows[0]["judge"] = json.dumps({"read_from": "recovered_text"})
+    rows[1]["judge"] = json.dumps({"read_from": "logprobs"})
     a = protocol_summary(rows, _settings("alpaca_eval2"), "m", "ref")
     assert (a["judged"], a["unparsed"]) == (3, 1) and a["win_rate"] == pytest.approx(50.0)
+    assert a["recovered"] == 1
+    line = format_protocol({"model": "m", "baseline": "ref", "judge_name": "j", "protocol": a})
+    assert "1 unreadable" in line and "1 of the judged read only when asked again" in line
     assert a["headline"]["metric"] == "LC win rate" and a["headline"]["value"] is not None
 
     arena_rows = [

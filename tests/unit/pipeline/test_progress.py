@@ -156,3 +156,24 @@ def test_the_frames_worker_wrapper_counts_every_backend_call_and_flushes_at_the_
     assert tally.read() == (4, 10)  # flushed when the batch ended, within the interval
     plain = _Counted(Worker, {"n": 1}, None)  # progress off: backends untouched
     assert isinstance(plain.worker.backends["a"], _Echo)
+
+
+def test_the_eval_plan_counts_each_protocols_judge_calls():
+    from types import SimpleNamespace
+
+    from moaa_cluster.evaluation.settings import EvalSettings, ProtocolSettings
+    from moaa_cluster.pipeline.evaluate import _calls_per_question
+
+    judge = JudgeSpec("j", proposers=("g",), aggregator="g")  # the packaged eval judge
+    two_turns = {"turns": ["q1", "q2"]}
+    with_answers = {"turns": ["q1"], "baseline": ["an answer"]}
+
+    def plan(protocol, row):
+        settings = EvalSettings(protocol=ProtocolSettings(protocol))
+        return _calls_per_question(SimpleNamespace(judge=judge, settings=settings), row)
+
+    assert plan("pairwise", two_turns) == 2 + 2 + 5  # both sides' turns, the pair
+    assert plan("pairwise", with_answers) == 1 + 5  # the baseline's answers are given
+    assert plan("alpaca_eval2", two_turns) == 2 + 2 + 1  # one call, one token
+    assert plan("arena_hard", with_answers) == 1 + 2  # two games
+    assert plan("mt_bench", two_turns) == 2 + 2  # no baseline; a grade per turn

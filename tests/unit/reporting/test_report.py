@@ -340,3 +340,33 @@ def test_the_summary_says_what_toy_numbers_mean_when_packaged_models_served(pipe
 def test_a_single_task_report_has_no_pipeline_summary(tmp_path):
     _synth(tmp_path / "s")
     assert "## In short" not in write_report(tmp_path / "s").read_text()
+
+
+def test_the_summary_puts_the_sft_evaluation_before_the_final_one_with_its_metric(pipeline_dir):
+    # the pipeline's SFT evaluation (eval_sft/, not listed in its manifest) under AlpacaEval 2
+    d = pipeline_dir / "eval_sft"
+    headline = {"protocol": "alpaca_eval2", "metric": "LC win rate", "unit": "%"}
+    protocol = {
+        "judged": 4,
+        "unparsed": 0,
+        "recovered": 4,
+        "headline": {**headline, "value": 45.6, "low": 25.1, "high": 67.9},
+        "win_rate": 50.4,
+    }
+    _write(
+        d / "summary.json",
+        {
+            "model": "sft",
+            "baseline": "base",
+            "judge_name": "single:g",
+            "questions": 4,
+            "evaluated": 4,
+            "failed": 0,
+            "rejected": 0,
+            "protocol": protocol,
+        },
+    )
+    _write(d / "manifest.json", {"task": "eval", "timings_s": {"total": 50.0}})
+    short = write_report(pipeline_dir).read_text().split("## Cost")[0]
+    assert "sft: alpaca_eval2 vs base: LC win rate 45.6% [25, 68]" in short
+    assert short.index("- **eval_sft**") < short.index("- **eval**")
