@@ -35,17 +35,25 @@ def cell_of(summary: dict) -> tuple[str, dict]:
 
 
 def build_table(summaries: list[dict]) -> dict:
-    """``{"models": [...], "columns": [...], "cells": {model: {column: cell}}}``; a later
-    summary of the same model and column replaces an earlier one."""
+    """``{"models": [...], "columns": [...], "cells": {model: {column: cell}}, "baselines":
+    {baseline: [column, ...]}}``; a later summary of the same model and column replaces an
+    earlier one. A baseline that is not itself evaluated gets a row too (the pipeline's base
+    model: base, SFT, DPO in one table), at 50% in its columns by definition."""
     cells: dict[str, dict[str, dict]] = {}
+    baselines: dict[str, list[str]] = {}
     for s in summaries:
         column, cell = cell_of(s)
         cells.setdefault(s["model"], {})[column] = cell
+        if column.startswith(tuple(f"{p} vs " for p in ORDER)):
+            baselines.setdefault(s["baseline"], [])
+            if column not in baselines[s["baseline"]]:
+                baselines[s["baseline"]].append(column)
     columns = sorted(
         {c for row in cells.values() for c in row},
         key=lambda c: (ORDER.index(c.split(" ")[0]) if c.split(" ")[0] in ORDER else 9, c),
     )
-    return {"models": list(cells), "columns": columns, "cells": cells}
+    baselines = {b: cols for b, cols in baselines.items() if b not in cells}
+    return {"models": list(cells), "columns": columns, "cells": cells, "baselines": baselines}
 
 
 def _fmt(cell: dict | None) -> str:
@@ -63,6 +71,9 @@ def format_table(table: dict) -> str:
     cols = table["columns"]
     head = [f"{c} ({_unit(table, c)})" for c in cols]
     lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, theirs in (table.get("baselines") or {}).items():
+        marks = ["50.0 (the baseline)" if c in theirs else "-" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(marks) + " |")
     for model in table["models"]:
         row = table["cells"][model]
         lines.append(f"| {model} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")

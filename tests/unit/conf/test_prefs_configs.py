@@ -87,6 +87,7 @@ def test_no_paper_experiment_carries_toy_caps(compose):
             continue  # the ablations keep the embedded judge: toy experiments
         parts = build.pipeline(cfg)
         assert parts.prefs_settings.sampling["max_tokens"] == 2048, stem
+        assert parts.prefs_settings.num_candidates == 5, stem  # the paper's, not the toy 3
         if "prefs" in parts.stages:
             assert parts.prefs_limit is None, stem
             assert [s.name for s in parts.prefs_sources] != ["embedded_demo"], stem
@@ -141,3 +142,17 @@ def test_the_paper_judges_verdict_prompt_fits_its_aggregator(compose):
             + judge.sampling["max_tokens"]
         )
         assert k3 <= specs[key].max_model_len
+
+
+def test_the_full_size_embedded_pipeline_puts_back_what_the_demo_trims(compose):
+    demo = build.pipeline(compose("pipeline", ["models_dir=/m"]))
+    full_cfg = compose("pipeline", ["models_dir=/m", "+experiment=embedded_full"])
+    full = build.pipeline(full_cfg)
+    # the demo samples 10 of the 40 synth conversations (seeded), full reads them all
+    assert [s.limit for s in demo.synth_sources] == [10] and demo.synth_limit is None
+    assert [s.limit for s in full.synth_sources] == [None] and full.synth_limit is None
+    assert (demo.prefs_limit, demo.eval_limit) == (3, 8)
+    assert (full.prefs_limit, full.eval_limit) == (4, None)
+    assert (demo.prefs_settings.num_candidates, full.prefs_settings.num_candidates) == (3, 5)
+    assert full.judge == demo.judge and full.mixture == demo.mixture  # same models and judges
+    assert full_cfg.output_dir != compose("pipeline", ["models_dir=/m"]).output_dir

@@ -59,6 +59,17 @@ def test_models_are_rows_and_protocols_columns_in_the_papers_order():
     assert "| dpo | - | 61.0 [60.0, 62.0] | - | 60.0 [50.0, 70.0] |" in text
     assert "mt_bench (score, 1-10)" in text and "not the benchmarks' GPT-4 judges" in text
     assert "pairwise vs base: single:gemma" in text
+    # the baselines get a row each, 50% by definition in their own column
+    assert t["baselines"] == {
+        "gpt-4-0314": ["arena_hard vs gpt-4-0314"],
+        "gpt4_turbo": ["alpaca_eval2 vs gpt4_turbo"],
+        "base": ["pairwise vs base"],
+    }
+    assert "| base | - | - | - | 50.0 (the baseline) |" in text
+    assert "| gpt4_turbo | 50.0 (the baseline) | - | - | - |" in text
+    assert text.index("| base |") < text.index("| sft |")
+    evaluated = build_table([_pairwise("base", 0.5), _pairwise("sft", 0.55)])
+    assert evaluated["baselines"] == {}  # an evaluated baseline keeps its own row only
 
 
 def test_write_table_reads_eval_run_directories_and_skips_others(tmp_path):
