@@ -7,6 +7,7 @@ from moaa_cluster.engines.spec import ModelSpec, spec_from_dict
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import Agent, Mixture
 from moaa_cluster.pipeline.synth import SynthSettings
+from moaa_cluster.pipeline.synth_outputs import check_truncated_policy
 
 
 def _plain(cfg) -> dict:
@@ -70,14 +71,18 @@ def sources(dataset_cfg) -> list[Source]:
     return out
 
 
-def synth_settings(cfg, defaults: dict, execution: str | None = None) -> SynthSettings:
+def synth_settings(cfg, defaults: dict, section=None) -> SynthSettings:
+    """Synth knobs from ``conf/synth.yaml``, or from ``section`` (the pipeline's ``synth:``)
+    for the keys a pipeline sets per stage (``execution``, ``truncated``)."""
+    own = section if section is not None else cfg
     return SynthSettings(
         defaults=defaults,
         seed=cfg.seed,
         batch_size=int(cfg.cluster.batch_size),
         workers=int(cfg.cluster.workers),
         record_prompts=bool(cfg.record_prompts),
-        execution=str(execution or cfg.get("execution") or "auto"),
+        execution=str(own.get("execution") or "auto"),
+        truncated=check_truncated_policy(str(own.get("truncated") or "exclude")),
     )
 
 
@@ -137,7 +142,21 @@ def eval_settings(cfg):
         resamples=int(cfg.resamples),
         confidence=float(cfg.confidence),
         length_control=bool(cfg.length_control),
+        protocol=protocol_settings(cfg.get("protocol"), cfg.seed),
     )
+
+
+def protocol_settings(cfg, seed: int | None):
+    """The evaluation protocol from ``conf/protocol/*.yaml`` (None: pairwise)."""
+    from moaa_cluster.evaluation.settings import ProtocolSettings
+
+    if cfg is None:
+        return ProtocolSettings(seed=seed)
+    plain = {k: v for k, v in _plain(cfg).items() if k != "run_tag"}
+    unknown = set(plain) - set(ProtocolSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"protocol: unknown keys {sorted(unknown)}")
+    return ProtocolSettings(**plain, seed=seed)
 
 
 def eval_judge(cfg):
@@ -189,6 +208,20 @@ def train_scaling(cluster_cfg):
     return Scaling(**train)
 
 
+def _check_eval_judge(specs: dict, base) -> None:
+    """A pipeline that aligns a real model must not be evaluated by the packaged toy judge
+    (a paper-scale run that kept the embedded default ``judge@eval_judge``)."""
+    from moaa_cluster.models.store import PACKAGED
+
+    toy = {s.name for s in specs.values()} <= set(PACKAGED)
+    if toy and base.name not in PACKAGED:
+        raise ConfigError(
+            f"the evaluation judge is the packaged toy judge ({sorted(s.name for s in specs.values())}) "
+            f"but the model being aligned is {base.name}: set judge@eval_judge=... "
+            "(e.g. paper_eval, or paper_stage2 for a recipe without stage 2)"
+        )
+
+
 def pipeline(cfg):
     """All stages' objects for ``moaa pipeline`` (``conf/pipeline.yaml``)."""
     from omegaconf import OmegaConf
@@ -197,7 +230,11 @@ def pipeline(cfg):
 
     mix, synth_specs, defaults = mixture(cfg.mixture)
     judge_spec, judge_specs = judge(cfg.judge)
+    eval_judge_spec, eval_judge_specs = (
+        judge(cfg.eval_judge) if cfg.get("eval_judge") is not None else (None, None)
+    )
     base = model_specs({"base": cfg.base})["base"]
+    _check_eval_judge(eval_judge_specs or judge_specs, base)
     prefs_view = OmegaConf.create(
         {**_plain(cfg.prefs), "seed": cfg.seed, "cluster": _plain(cfg.cluster)}
     )
@@ -219,7 +256,7 @@ def pipeline(cfg):
         synth_sources=sources(cfg.synth_data),
         mixture=mix,
         synth_specs=synth_specs,
-        synth_settings=synth_settings(cfg, defaults, cfg.synth.get("execution")),
+        synth_settings=synth_settings(cfg, defaults, cfg.synth),
         synth_limit=limit(cfg.synth.limit, cfg.synth_data),
         sft_settings=train_settings(cfg.train_sft, cfg.base, cfg.get("sft_lora"), cfg.seed),
         dpo_settings=train_settings(cfg.train_dpo, cfg.base, cfg.get("dpo_lora"), cfg.seed),
@@ -233,5 +270,7 @@ def pipeline(cfg):
         eval_sources=sources(cfg.eval_data),
         eval_settings=eval_settings(eval_view),
         eval_limit=limit(cfg.eval.limit, cfg.eval_data),
+        eval_judge=eval_judge_spec,
+        eval_judge_specs=eval_judge_specs,
         stages=check_stages(tuple(cfg.get("stages") or STAGES)),
     )

@@ -16,12 +16,14 @@ from pathlib import Path
 
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
+from moaa_cluster.evaluation.settings import Baseline
 from moaa_cluster.runs.manifest import Manifest
 from moaa_cluster.runs.options import RunOptions
 
 log = logging.getLogger(__name__)
 
 STAGES = ("synth", "sft", "prefs", "dpo", "eval")
+EVAL_SFT = "eval_sft"  # the eval stage's run of the SFT model, beside eval/ (the final model)
 
 
 @dataclass
@@ -45,6 +47,10 @@ class PipelineParts:
     eval_sources: list
     eval_settings: object
     eval_limit: int | None
+    # the evaluation's judge (conf/judge via `judge@eval_judge`): by default not the stage-2
+    # reward model, whose preferences the DPO model was trained on; None: the stage-2 judge
+    eval_judge: object = None
+    eval_judge_specs: dict | None = None
     # the recipe's stages, in order: all five (the paper's MoAA), or synth, sft, eval
     # (Table 4's self-improvement: SFT only)
     stages: tuple[str, ...] = STAGES
@@ -120,7 +126,8 @@ class StageRun:
         sft_spec, dpo_spec: The engine specs of the trained checkpoints (``trained_spec``).
         final: The model the recipe delivers (DPO, or SFT in an SFT-only recipe).
         prefs_specs: The prefs stage's engines (judge models + the SFT sampler), or None.
-        eval_specs: The eval stage's engines (judge models, the final and the base model).
+        eval_specs: The eval stage's engines (the eval judge's models, the final and the base
+            model, and the SFT model when the recipe also has DPO: both are evaluated).
     """
 
     parts: PipelineParts
@@ -144,7 +151,10 @@ class StageRun:
         self.final = self.dpo_spec if "dpo" in self.stages else self.sft_spec
         judges = self.parts.judge_specs
         self.prefs_specs = {**judges, SAMPLER: self.sft_spec} if "prefs" in self.stages else None
-        self.eval_specs = {**judges, "model": self.final, "baseline": base}
+        eval_judges = self.parts.eval_judge_specs or judges
+        self.eval_specs = {**eval_judges, "model": self.final, "baseline": base}
+        if "dpo" in self.stages:  # base -> SFT -> DPO: the SFT model is evaluated too
+            self.eval_specs["sft"] = self.sft_spec
 
     def dir(self, stage: str) -> Path:
         return self.opts.run_dir / stage
@@ -170,8 +180,9 @@ class StageRun:
         check_writable(run_dir)
         if from_stage is not None:
             for stage in STAGES[STAGES.index(from_stage) :]:
-                if self.dir(stage).exists():
-                    shutil.rmtree(self.dir(stage))
+                for d in (self.dir(stage), self.dir(EVAL_SFT) if stage == "eval" else None):
+                    if d is not None and d.exists():
+                        shutil.rmtree(d)
 
     def run_stages(self) -> None:
         """Every stage of the recipe in order, each skipped when it is complete."""
@@ -203,18 +214,34 @@ class StageRun:
             ),
             self.prefs_specs,
         )
-        if self.sft_spec.name in self.started:  # the SFT sampler is done: free its memory for DPO
+        # the SFT sampler is done: free its GPU memory for DPO (on CPU it stays up: the eval
+        # stage evaluates the SFT model too, and a CPU engine start costs half a minute)
+        if self.sft_spec.name in self.started and p.scaling.use_gpu:
             stop_engines([self.started.pop(self.sft_spec.name)])
         dpo_settings = replace(p.dpo_settings, base_model=str(self.dir("sft") / "model"))
         self.stage(
             "dpo",
             lambda: fit("dpo", self.dir("prefs"), dpo_settings, p.scaling, self.stage_opts("dpo")),
         )
-        self.stage(
-            "eval",
-            lambda: _evaluate(p, self.final, self.stage_opts("eval", p.eval_limit)),
-            self.eval_specs,
-        )
+        self.stage("eval", self._evaluate_models, self.eval_specs)
+
+    def _evaluate_models(self) -> None:
+        """The SFT model (when the recipe has DPO) into ``eval_sft/``, then the final model into
+        ``eval/``, each against the base model's answers, generated once."""
+        p = self.parts
+        judges = p.eval_judge_specs or p.judge_specs
+        baseline = Baseline(model=p.base)
+        if "dpo" in self.stages:
+            # only this evaluation's engines stay up: every engine holds CPUs, and Ray Data
+            # needs some left to run at all (four engines on the local cluster left none)
+            self._swap_engines({**judges, "model": self.sft_spec, "baseline": p.base})
+            _evaluate(p, self.sft_spec, baseline, self.stage_opts(EVAL_SFT, p.eval_limit))
+            baseline = Baseline(
+                answers=str(self.dir(EVAL_SFT) / "baseline_answers.parquet"), name=p.base.name
+            )
+        engines = {**judges, "model": self.final}
+        self._swap_engines(engines if baseline.model is None else {**engines, "baseline": p.base})
+        _evaluate(p, self.final, baseline, self.stage_opts("eval", p.eval_limit))
 
     def stage(self, name: str, fn, engines: dict | None = None) -> None:
         """Runs one stage (``fn``) unless the recipe lacks it or it is complete.
@@ -232,11 +259,13 @@ class StageRun:
             self.skipped.append(name)
             print(f"== {name}: complete in {d}, skipped", flush=True)
             return
-        print(f"== {name} -> {d}", flush=True)
+        n, total = self.stages.index(name) + 1, len(self.stages)
+        print(f"== stage {n}/{total} {name}: started -> {d}", flush=True)
         self._swap_engines(engines)
         t0 = time.monotonic()
         fn()
         self.timings[name] = round(time.monotonic() - t0, 2)
+        print(f"== stage {n}/{total} {name}: ended after {self.timings[name]:.0f} s", flush=True)
         if not is_complete(name, d):
             raise RuntimeError(
                 f"stage {name} did not complete (see {d / 'manifest.json'} and "
@@ -322,18 +351,17 @@ def preflight(
             raise ConfigError(f"pipeline stage {label}: {exc}") from exc
 
 
-def _evaluate(parts: PipelineParts, model: ModelSpec, opts: RunOptions):
-    """The recipe's final model (DPO, or SFT in an SFT-only recipe) against the base model on
-    held-out instructions, with the pipeline's judge."""
-    from moaa_cluster.evaluation.settings import Baseline
+def _evaluate(parts: PipelineParts, model: ModelSpec, baseline: Baseline, opts: RunOptions):
+    """One trained model against the base model's answers on held-out instructions, with the
+    pipeline's evaluation judge."""
     from moaa_cluster.pipeline.evaluate import evaluate
 
     return evaluate(
         parts.eval_sources,
         model,
-        parts.judge,
-        parts.judge_specs,
-        Baseline(model=parts.base),
+        parts.eval_judge or parts.judge,
+        parts.eval_judge_specs or parts.judge_specs,
+        baseline,
         parts.eval_settings,
         opts,
     )

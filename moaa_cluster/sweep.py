@@ -352,6 +352,7 @@ class SweepSummary(Callback):
             error=error,
         )
         md, _ = write_summary(self.sweep_dir, self._summary(), self.name)
+        self._eval_table()
         if error:
             log.error("sweep point %d failed (%s); summary so far: %s", num, error, md)
 
@@ -363,6 +364,18 @@ class SweepSummary(Callback):
         if self.echo:
             print("\n" + format_markdown(summary), flush=True)
             print(f"sweep summary: {md} (and {js.name})", flush=True)
+            table = self._eval_table()
+            if table is not None:
+                print("\n" + table.read_text() + f"table: {table} (and table.json)", flush=True)
+
+    def _eval_table(self) -> Path | None:
+        """An eval sweep (``-m protocol=... model=...``) also gets the paper-style table."""
+        if self.task != "eval":
+            return None
+        from moaa_cluster.evaluation.table import write_table
+
+        dirs = [Path(p["output_dir"]) for p in self.points.values() if p["status"] == "ok"]
+        return write_table(self.sweep_dir, dirs)
 
     def _summary(self) -> dict:
         return build_summary(list(self.points.values()), sweep_dir=self.sweep_dir, task=self.task)

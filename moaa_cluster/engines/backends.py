@@ -26,6 +26,10 @@ SAMPLING_KEYS = (
     "frequency_penalty",
     "min_p",
     "structured_outputs",
+    # the first generated tokens' alternatives (OpenAI chat API): AlpacaEval 2 reads the
+    # judge's preference from them
+    "logprobs",
+    "top_logprobs",
 )
 
 
@@ -45,6 +49,9 @@ class Completion:
     model: str
     seconds: float = 0.0
     system_folded: bool = False
+    # with ``logprobs``/``top_logprobs`` asked: per generated token, its alternatives as
+    # ``[{"token": str, "logprob": float}, ...]`` (None when not asked or not given)
+    top_logprobs: list[list[dict]] | None = None
 
 
 class InferenceError(RuntimeError):
@@ -69,6 +76,19 @@ def _prepare(messages: list[dict], system_role: str) -> tuple[list[dict], bool]:
     return fold_system(messages), True
 
 
+def _top_logprobs(choice: dict) -> list[list[dict]] | None:
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        return None
+    return [
+        [
+            {"token": t["token"], "logprob": float(t["logprob"])}
+            for t in tok.get("top_logprobs") or []
+        ]
+        for tok in content
+    ]
+
+
 def _completion(resp: dict, model: str, seconds: float) -> Completion:
     choice = resp["choices"][0]
     usage = resp.get("usage") or {}
@@ -79,6 +99,7 @@ def _completion(resp: dict, model: str, seconds: float) -> Completion:
         finish_reason=choice.get("finish_reason"),
         model=model,
         seconds=seconds,
+        top_logprobs=_top_logprobs(choice),
     )
 
 

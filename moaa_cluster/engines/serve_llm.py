@@ -117,9 +117,17 @@ def start_engines(specs: list[ModelSpec]) -> dict[str, float]:
 
 
 def stop_engines(specs: list[ModelSpec]) -> None:
-    """Deletes the apps started by :func:`start_engines` (placement groups are released)."""
+    """Deletes the apps started by :func:`start_engines` (placement groups are released).
+
+    Without a Ray session there is nothing to stop: return before Serve's API starts a
+    default one (with the machine's CPU count, not the cluster config's), which the run's own
+    ``init_ray`` would then join with too few CPUs for its engines.
+    """
+    import ray
     from ray import serve
 
+    if not ray.is_initialized():
+        return
     for spec in {app_name(s): s for s in specs if s.backend == "vllm"}.values():
         if spec.backend == "vllm":
             try:

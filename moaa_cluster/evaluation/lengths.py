@@ -9,10 +9,13 @@ the split into questions and input rejects is
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from moaa_cluster.data.lengths import split_by_length
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.evaluation.answers import judge_inputs
-from moaa_cluster.evaluation.settings import EvalSettings
+from moaa_cluster.evaluation.protocols import alpaca_eval2, arena_hard, mt_bench
+from moaa_cluster.evaluation.settings import EvalSettings, ProtocolSettings
 from moaa_cluster.judge.judge import JudgeSpec
 from moaa_cluster.judge.prompts import (
     DEFAULT_CRITERIA,
@@ -52,6 +55,22 @@ def _input_reject(row: dict, reason: str) -> dict:
     }
 
 
+def protocol_templates(ps: ProtocolSettings) -> tuple[list[str], int]:
+    """A benchmark protocol's judge prompts with empty fields, and the judge's answer budget."""
+    empty = defaultdict(str)
+    if ps.name == "alpaca_eval2":
+        texts = [alpaca_eval2.SYSTEM_PROMPT + alpaca_eval2.fill_user_prompt("", "", "")]
+        return texts, alpaca_eval2.MAX_TOKENS
+    if ps.name == "arena_hard":
+        texts = [arena_hard.SYSTEM_PROMPT + arena_hard.USER_TEMPLATE.format_map(empty)]
+        return texts, ps.judge_max_tokens or arena_hard.MAX_TOKENS
+    texts = [
+        p.system_prompt + p.prompt_template.format_map(empty)
+        for p in mt_bench.JUDGE_PROMPTS.values()
+    ]
+    return texts, ps.judge_max_tokens or mt_bench.MAX_TOKENS
+
+
 def _n_tokens(tok, text: str) -> int:
     return len(tok(text).input_ids)
 
@@ -81,7 +100,11 @@ class LengthCheck:
         self._cache: dict[str, object] = {}
         self.gen_max = _max_tokens(settings.sampling)
         self.base_max = _max_tokens(settings.baseline_sampling_or_default)
-        self.overhead = self._judge_overheads(judge)
+        self.protocol = settings.protocol
+        if self.protocol.name == "pairwise":
+            self.overhead = self._judge_overheads(judge)
+        else:
+            self.overhead = self._protocol_overhead(judge.aggregator)
 
     def tokenizer(self, spec: ModelSpec):
         if spec.backend != "vllm" or not spec.path:
@@ -118,12 +141,22 @@ class LengthCheck:
             overhead[key] = max(k2, k3, k4)
         return overhead
 
+    def _protocol_overhead(self, key: str) -> dict[str, int]:
+        """A benchmark protocol's largest prompt with empty fields, plus its answer budget."""
+        tok = self.tokenizer(self.judge_specs[key])
+        if tok is None:
+            return {}
+        texts, reserve = protocol_templates(self.protocol)
+        return {key: max(_n_tokens(tok, t) for t in texts) + reserve}
+
     def reason_for(self, row: dict) -> str | None:
         """Why ``row`` cannot fit (generation checked first, then the judge), or None."""
         turns, system = list(row["turns"]), row.get("system")
         reason = self._generation_reason(turns, system)
         if reason is None:
-            reason = self._judge_reason(turns, system, row.get("baseline") or [])
+            # mt_bench has no baseline; its reference answer takes the baseline's place
+            other = row.get("reference") if self.protocol.name == "mt_bench" else None
+            reason = self._judge_reason(turns, system, other or row.get("baseline") or [])
         return reason
 
     def _generation_reason(self, turns: list[str], system: str | None) -> str | None:
@@ -150,9 +183,10 @@ class LengthCheck:
         for key, fixed in self.overhead.items():
             spec = self.judge_specs[key]
             tok = self.tokenizer(spec)
-            base_len = (
-                _n_tokens(tok, baseline_text) if baseline_text else self.base_max * len(turns)
-            )
+            if baseline_text:
+                base_len = _n_tokens(tok, baseline_text)
+            else:
+                base_len = 0 if not self.protocol.needs_baseline else self.base_max * len(turns)
             answers = base_len + self.gen_max * len(turns) + 16 * len(turns)
             need = fixed + _n_tokens(tok, question) + answers + 64
             if need > spec.max_model_len:

@@ -8,6 +8,55 @@ from pathlib import Path
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
 
+PROTOCOLS = ("pairwise", "alpaca_eval2", "arena_hard", "mt_bench")
+MODEL_POSITIONS = ("fixed", "random")
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """How answers are judged (``conf/protocol/*.yaml``).
+
+    Attributes:
+        name: ``pairwise`` (our MoA judge, both orders, win rate), ``alpaca_eval2``,
+            ``arena_hard`` or ``mt_bench`` (the benchmarks' prompts, one judge model).
+        judge_max_tokens: The judge's answer budget for arena_hard / mt_bench (None: the
+            benchmark's, 4,096 / 2,048; a small judge's context needs less).
+        model_position: alpaca_eval2: ``fixed`` (the reference is output_1, the model
+            output_2, as the annotator's config) or ``random`` (per question, from the seed).
+        style_control: arena_hard: fit answer length and markdown as covariates.
+        references: mt_bench: reference answers (JSONL) for math, reasoning and coding.
+        seed: Judge sampling seeds and the random positions derive from it.
+    """
+
+    name: str = "pairwise"
+    judge_max_tokens: int | None = None
+    model_position: str = "fixed"
+    style_control: bool = False
+    references: str | None = None
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise ConfigError(f"protocol {self.name!r} is not one of {list(PROTOCOLS)}")
+        if self.model_position not in MODEL_POSITIONS:
+            raise ConfigError(
+                f"protocol.model_position {self.model_position!r} is not one of "
+                f"{list(MODEL_POSITIONS)}"
+            )
+
+    @property
+    def needs_baseline(self) -> bool:
+        """MT-Bench grades each answer alone; the others compare with a baseline."""
+        return self.name != "mt_bench"
+
+    def judge_calls(self, turns: int, pair_calls: int) -> int:
+        """Judge calls one question is planned to take (re-asks come on top): the pairwise
+        judge's ``pair_calls``, one AlpacaEval 2 call, two Arena-Hard games, an MT-Bench grade
+        for each of the first two turns."""
+        if self.name == "mt_bench":
+            return min(2, turns)
+        return {"alpaca_eval2": 1, "arena_hard": 2}.get(self.name, pair_calls)
+
 
 @dataclass
 class EvalSettings:
@@ -24,6 +73,7 @@ class EvalSettings:
     confidence: float = 0.95
     length_control: bool = True  # also the length-controlled win rate
     lc_l2: float = 0.1  # slope penalty of the length regression
+    protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
 
     @property
     def baseline_sampling_or_default(self) -> dict:

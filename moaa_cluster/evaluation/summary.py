@@ -125,6 +125,18 @@ def tally_tokens(
     return out
 
 
+def truncated_answers(rows: list[dict]) -> dict[str, int]:
+    """Per side, the questions where some answer turn stopped at ``max_tokens``.
+
+    They are judged as they are (a cut-off answer is what the model gave); the count says how
+    much of the comparison is about answers that did not finish.
+    """
+    return {
+        side: sum(1 for r in rows if "length" in (r.get(f"{side}_finish_reasons") or []))
+        for side in ("model", "baseline")
+    }
+
+
 def format_summary(summary: dict) -> str:
     """The printed table: one line overall, one per source."""
 
@@ -162,4 +174,10 @@ def format_summary(summary: dict) -> str:
         f"{summary['unresolved']} question(s) unresolved, not counted; "
         f"{summary.get('identical', 0)} identical answer pair(s) counted as ties"
     )
+    cut = summary.get("answers_truncated") or {}
+    if any(cut.values()):
+        lines.append(
+            f"truncated: {cut.get('model', 0)} model and {cut.get('baseline', 0)} baseline "
+            "answers stopped at max_tokens (finish_reason: length), judged as they are"
+        )
     return "\n".join(lines)

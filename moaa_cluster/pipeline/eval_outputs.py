@@ -47,6 +47,11 @@ JUDGMENT_SCHEMA = pa.schema(
         ("baseline_chars", pa.int64()),
         ("judge", pa.string()),
         *[(f"judge_{f}", pa.int64()) for f in COUNT_FIELDS],
+        ("protocol", pa.string()),  # null: pairwise (runs from before protocols existed)
+        ("category", pa.string()),
+        ("preference", pa.float64()),
+        ("game_outcomes", pa.list_(pa.string())),
+        ("grades", pa.list_(pa.float64())),
     ]
 )
 
@@ -124,6 +129,8 @@ def judgment_rows(finished: list[dict]) -> list[dict]:
             "baseline_chars": answer_chars(r["baseline_answers"]),
             "judge": r["judge"],
             **{f"judge_{f}": r[f"judge_{f}"] for f in COUNT_FIELDS},
+            **{k: r.get(k) for k in ("protocol", "category", "preference", "game_outcomes")},
+            "grades": r.get("grades"),
         }
         for r in finished
     ]

@@ -27,15 +27,19 @@ from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.evaluation.answers import attach_baseline, load_baseline
 from moaa_cluster.evaluation.lengths import length_rejects
-from moaa_cluster.evaluation.settings import Baseline, EvalSettings
+from moaa_cluster.evaluation.protocol_summary import format_protocol, protocol_summary
+from moaa_cluster.evaluation.settings import Baseline, EvalSettings, ProtocolSettings
 from moaa_cluster.evaluation.summary import (
     JUDGED_ON,
     format_summary,
     summarize_judgments,
     tally_tokens,
+    truncated_answers,
 )
+from moaa_cluster.judge.costs import calls_per_pair
 from moaa_cluster.judge.judge import JudgeSpec
 from moaa_cluster.pipeline.eval_outputs import write_answers_and_judgments, write_eval_rejects
+from moaa_cluster.pipeline.eval_protocols import attach_mt_bench
 from moaa_cluster.pipeline.eval_worker import (
     BASELINE,
     INPUT_SCHEMA,
@@ -106,12 +110,13 @@ def evaluate(
     """
     t_start = time.monotonic()
     ev = _prepare(model, judge, judge_specs, baseline, settings or EvalSettings())
-    questions = _read_questions(sources, ev.files, opts.limit)
+    questions = _read_questions(sources, ev.files, opts.limit, ev.settings.protocol)
     # the run's clock started before the questions were read: reading counts as its time
     run = TaskRun(
         opts, open_run(opts.run_dir, ev.specs.values(), overwrite=opts.overwrite), t_start
     )
-    _claim(run.run_dir, _fingerprint(model, ev.files, baseline.model, judge))
+    fingerprint = _fingerprint(model, ev.files, baseline.model, judge, ev.settings.protocol.name)
+    _claim(run.run_dir, fingerprint)
     todo = _to_run(ev, questions, run)
     run.timings["read"] = run.elapsed()
     if todo:
@@ -136,7 +141,9 @@ def _prepare(
     settings: EvalSettings,
 ) -> _Eval:
     """Checks the baseline and the roles' specs; the engines every role needs, by key."""
-    files = baseline.files()
+    files = baseline.files() if settings.protocol.needs_baseline else None
+    if settings.protocol.name != "pairwise":  # the benchmarks' prompts ask one judge model
+        judge = judge.single(judge.aggregator)
     missing = [k for k in judge.models if k not in judge_specs]
     if missing:
         raise ConfigError(f"judge {judge.name}: no model spec for {missing}")
@@ -147,7 +154,9 @@ def _prepare(
     return _Eval(model, judge, judge_specs, baseline, settings, files, specs)
 
 
-def _read_questions(sources: list, files: list[str] | None, limit: int | None) -> _Questions:
+def _read_questions(
+    sources: list, files: list[str] | None, limit: int | None, protocol: ProtocolSettings
+) -> _Questions:
     """The questions, each with the baseline's answers from ``files`` (or none to generate)."""
     from moaa_cluster.data.sources import load_rows
 
@@ -160,6 +169,9 @@ def _read_questions(sources: list, files: list[str] | None, limit: int | None) -
         rejects += unmatched
     else:
         rows = [{**r, "baseline": []} for r in rows]
+    if protocol.name == "mt_bench":
+        rows, no_reference = attach_mt_bench(rows, sources, protocol.references)
+        rejects += no_reference
     return _Questions(rows, rejects, baseline_rejects)
 
 
@@ -227,12 +239,20 @@ def _answer_and_judge(ev: _Eval, todo: list[dict], run: TaskRun) -> None:
                     batch_size=ev.settings.batch_size,
                     workers=ev.settings.workers,
                     worker_cpus=ev.settings.worker_cpus,
-                    desc="eval questions",
+                    desc="eval",
                     progress=opts.progress,
+                    calls=sum(_calls_per_question(ev, r) for r in todo),
                 ),
             )
         finally:
             run.timings["answer_and_judge"] = time.monotonic() - t0
+
+
+def _calls_per_question(ev: _Eval, row: dict) -> int:
+    """The model's turns, the baseline model's turns when it answers, the judge's calls."""
+    turns, ps = len(row["turns"]), ev.settings.protocol
+    baseline = turns if ps.needs_baseline and not row.get("baseline") else 0
+    return turns + baseline + ps.judge_calls(turns, calls_per_pair(ev.judge))
 
 
 def _consolidated(run_dir: Path, rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -254,9 +274,15 @@ def _summary(
     cumulative: dict,
 ) -> dict:
     """``summary.json``: counts, win rates, judge statistics, tokens and wall times."""
+    protocol = ev.settings.protocol
+    baseline = ev.baseline.display_name() if protocol.needs_baseline else None
+    if protocol.name == "pairwise":
+        judged = summarize_judgments(finished, ev.settings)
+    else:
+        judged = {"protocol": protocol_summary(finished, ev.settings, ev.model.name, baseline)}
     return {
         "model": ev.model.name,
-        "baseline": ev.baseline.display_name(),
+        "baseline": baseline,
         "judge_name": ev.judge.name,
         "judge_models": ev.judge.models,
         "judged_on": JUDGED_ON,
@@ -266,7 +292,8 @@ def _summary(
         "failed": len(failed),
         "rejected": len(questions.rejects),
         "baseline_records_rejected": len(questions.baseline_rejects),
-        **summarize_judgments(finished, ev.settings),
+        **judged,
+        "answers_truncated": truncated_answers(finished),
         "tokens_per_model": tally_tokens(finished, ev.model, ev.baseline.model, ev.judge.name),
         "timings_s": {k: round(v, 2) for k, v in cumulative.items()},
         "last_invocation_s": {k: round(v, 2) for k, v in timings.items()},
@@ -294,7 +321,11 @@ def _save_manifest(
         models={k: model_record(s) for k, s in ev.specs.items()},
         details={
             "last_invocation_s": summary["last_invocation_s"],
-            "summary": {k: summary[k] for k in ("model", "baseline", "judge_name", "win_rate")},
+            "summary": {
+                k: summary[k]
+                for k in ("model", "baseline", "judge_name", "win_rate", "protocol")
+                if k in summary
+            },
             "baseline": {"answers": ev.files}
             if ev.files
             else {"model": ev.baseline.model.name if ev.baseline.model else None},
@@ -312,7 +343,8 @@ def _save_manifest(
 
 
 def _print_result(summary: dict, timings: dict, run_dir: Path, failed: int) -> None:
-    print(format_summary(summary), flush=True)
+    text = format_protocol(summary) if "protocol" in summary else format_summary(summary)
+    print(text, flush=True)
     print(
         "wall time: "
         + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
@@ -344,12 +376,21 @@ def _check_models(specs: dict[str, ModelSpec]) -> None:
 
 
 def _fingerprint(
-    model: ModelSpec, baseline: list[str] | None, baseline_model: ModelSpec | None, judge
+    model: ModelSpec,
+    baseline: list[str] | None,
+    baseline_model: ModelSpec | None,
+    judge,
+    protocol: str = "pairwise",
 ) -> dict:
-    return {
+    out = {
         "model": {"name": model.name, "source": model.source},
         "baseline": {"answers": baseline}
         if baseline
-        else {"name": baseline_model.name, "source": baseline_model.source},
+        else {"name": baseline_model.name, "source": baseline_model.source}
+        if baseline_model
+        else None,
         "judge": {"name": judge.name, "models": judge.models},
     }
+    if protocol != "pairwise":  # (pairwise runs written before protocols existed resume)
+        out["protocol"] = protocol
+    return out

@@ -16,6 +16,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from moaa_cluster.engines.faults import with_retries
+from moaa_cluster.pipeline.progress import (
+    CallTally,
+    Progress,
+    count_calls,
+    flush_all,
+    tally_reader,
+)
 from moaa_cluster.runs.shards import write_shard
 
 # a chat message as TRL's conversational format has it
@@ -71,9 +78,11 @@ class PoolSettings:
         batch_size: Rows each actor keeps in flight.
         workers: Actors in the pool, at most.
         worker_cpus: CPUs each actor reserves.
-        desc: The progress bar's label.
-        progress: Show the progress bar.
+        desc: The progress display's label.
+        progress: Show progress (bars on a terminal, a line every half minute in a log).
         rows_per_block: Rows per block (:func:`block_plan`); None: :data:`BLOCK_ROWS`.
+        calls: The model calls the rows are expected to make: the plan that progress and
+            its ETA count against (None: rows only).
     """
 
     batch_size: int
@@ -82,6 +91,52 @@ class PoolSettings:
     desc: str = "rows"
     progress: bool = True
     rows_per_block: int | None = None
+    calls: int | None = None
+
+
+class _Counted:
+    """Ray Data actor around a task's worker: the worker's backends count their calls."""
+
+    def __init__(self, worker_cls: type, worker_kwargs: dict, tally) -> None:
+        self.worker = worker_cls(**worker_kwargs)
+        if getattr(self.worker, "backends", None):
+            self.worker.backends = count_calls(self.worker.backends, tally)
+
+    async def __call__(self, batch: pa.Table):
+        try:
+            async for out in self.worker(batch):
+                yield out
+        finally:
+            flush_all(getattr(self.worker, "backends", None) or {})
+
+
+def _pipeline(table: pa.Table, worker_cls: type, worker_kwargs: dict, pool: PoolSettings, tally):
+    """The Ray Data plan: ``table`` in blocks, mapped by a pool of counted workers."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    blocks, per_block, concurrent = block_plan(table.num_rows, pool.batch_size, pool.rows_per_block)
+    return (
+        ray.data.from_arrow(table)
+        .repartition(blocks)
+        .map_batches(
+            _Counted,
+            fn_constructor_kwargs={
+                "worker_cls": worker_cls,
+                "worker_kwargs": worker_kwargs,
+                "tally": tally,
+            },
+            batch_size=per_block,
+            batch_format="pyarrow",
+            # an async worker runs several blocks at once in its event loop
+            compute=ActorPoolStrategy(
+                size=max(1, min(pool.workers, -(-blocks // concurrent))),
+                max_tasks_in_flight_per_actor=concurrent,
+                max_concurrent_calls_per_actor=concurrent,
+            ),
+            num_cpus=pool.worker_cpus,
+        )
+    )
 
 
 def stream_rows(
@@ -104,37 +159,30 @@ def stream_rows(
         Number of rows written.
     """
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
-    from tqdm.auto import tqdm
+    from ray.data import DataContext
 
     if not rows:
         return 0
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # our own bar below counts finished rows, with an ETA
+    ctx.enable_progress_bars = False  # our own progress below counts calls and rows
     ctx.print_on_execution_start = False
-    blocks, per_block, concurrent = block_plan(len(rows), pool.batch_size, pool.rows_per_block)
-    ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=input_schema)).repartition(blocks)
-    ds = ds.map_batches(
-        worker_cls,
-        fn_constructor_kwargs=worker_kwargs,
-        batch_size=per_block,
-        batch_format="pyarrow",
-        # an async worker runs several blocks at once in its event loop
-        compute=ActorPoolStrategy(
-            size=max(1, min(pool.workers, -(-blocks // concurrent))),
-            max_tasks_in_flight_per_actor=concurrent,
-            max_concurrent_calls_per_actor=concurrent,
-        ),
-        num_cpus=pool.worker_cpus,
-    )
+    tally = ray.remote(num_cpus=0)(CallTally).remote() if pool.progress else None
+    table = pa.Table.from_pylist(rows, schema=input_schema)
+    ds = _pipeline(table, worker_cls, worker_kwargs, pool, tally)
     written = 0
-    with tqdm(total=len(rows), desc=pool.desc, unit="row", disable=not pool.progress) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if batch.num_rows == 0:
-                continue
-            write_shard(run_dir, batch.select(output_schema.names).cast(output_schema))
-            written += batch.num_rows
-            bar.update(batch.num_rows)
+    reader = tally_reader(tally) if tally is not None else None
+    progress = Progress(pool.desc, len(rows), pool.calls, reader, enabled=pool.progress)
+    try:
+        with progress:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if batch.num_rows == 0:
+                    continue
+                write_shard(run_dir, batch.select(output_schema.names).cast(output_schema))
+                written += batch.num_rows
+                progress.rows_done(batch.num_rows)
+    finally:
+        if tally is not None:
+            ray.kill(tally)
     return written
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from moaa_cluster.data.records import Reject, describe, read_records
 from moaa_cluster.engines.describe import model_record
+from moaa_cluster.judge.costs import calls_per_pair
 from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
 from moaa_cluster.pipeline.frame import MESSAGE, PoolSettings, RowWorker, shard_schema, stream_rows
 from moaa_cluster.runs.files import save_json
@@ -234,6 +235,18 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pool(
+    n_pairs: int, judges: list[JudgeSpec], batch_size: int, workers: int, opts: RunOptions
+) -> PoolSettings:
+    return PoolSettings(
+        batch_size=batch_size,
+        workers=workers,
+        desc="judge-eval",
+        progress=opts.progress,
+        calls=n_pairs * sum(calls_per_pair(j) for j in judges),  # each pair, every judge
+    )
+
+
 def evaluate_judges(
     pairs_path: Path,
     judges: list[JudgeSpec],
@@ -248,10 +261,7 @@ def evaluate_judges(
     pairs, rejects = load_pairs(Path(pairs_path), opts.limit)
     todo = run.todo(pairs)
     if todo:
-        pool = PoolSettings(
-            batch_size=batch_size, workers=workers, desc="judge pairs", progress=opts.progress
-        )
-        _judge(todo, judges, specs, pool, run)
+        _judge(todo, judges, specs, _pool(len(todo), judges, batch_size, workers, opts), run)
     finished, failed = consolidate(run.run_dir)
     wanted = {p["id"] for p in pairs}
     finished = [r for r in finished if r["id"] in wanted]

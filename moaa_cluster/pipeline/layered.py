@@ -194,7 +194,7 @@ class LayeredJob:
     input_schema: pa.Schema
     shard_schema: pa.Schema
 
-    def pool(self, desc: str, progress: bool) -> PoolSettings:
+    def pool(self, desc: str, progress: bool, calls: int | None = None) -> PoolSettings:
         """The Ray Data worker pool of one pass, as the settings size it."""
         s = self.settings
         return PoolSettings(
@@ -204,6 +204,7 @@ class LayeredJob:
             desc=desc,
             progress=progress,
             rows_per_block=s.rows_per_block,
+            calls=calls,
         )
 
 
@@ -303,7 +304,9 @@ def run_layered(
                 },
                 pass_out,
                 pass_dir,
-                job.pool(f"synth pass {i}/{len(passes)}", opts.progress),
+                job.pool(
+                    f"synth pass {i}/{len(passes)}", opts.progress, len(remaining) * len(p.seats)
+                ),
             )
             ok, bad = consolidate(pass_dir)
         answers.add(ok, bad, {r["id"] for r in todo}, p.label)

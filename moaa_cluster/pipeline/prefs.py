@@ -31,6 +31,7 @@ from moaa_cluster.data.chat import chat_messages
 from moaa_cluster.engines.describe import model_record
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
+from moaa_cluster.judge.costs import calls_per_pair, planned_comparisons
 from moaa_cluster.judge.judge import JudgeSpec, rank
 from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, stream_rows
 from moaa_cluster.pipeline.prefs_outputs import SHARD_SCHEMA, summary_text, write_outputs
@@ -239,12 +240,22 @@ def _sample_and_judge(
                     batch_size=settings.batch_size,
                     workers=settings.workers,
                     worker_cpus=settings.worker_cpus,
-                    desc="prefs rows",
+                    desc="prefs",
                     progress=run.opts.progress,
+                    calls=len(todo) * calls_per_row(judge, settings),
                 ),
             )
         finally:
             run.timings["sample_and_judge"] = time.monotonic() - t0
+
+
+def calls_per_row(judge: JudgeSpec | None, settings: PrefsSettings) -> int:
+    """Model calls one instruction is planned to take: its candidates, then the judge's pairs
+    (fewer when candidates are identical or all truncated, more when a verdict is asked again)."""
+    k = settings.num_candidates
+    if judge is None:
+        return k
+    return k + planned_comparisons(settings.plan, k) * calls_per_pair(judge)
 
 
 def judge_record(judge: JudgeSpec, settings: PrefsSettings) -> dict:

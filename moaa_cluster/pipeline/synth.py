@@ -54,7 +54,9 @@ class SynthSettings:
     # auto: all engines at once when the planner says they fit, else layer by layer
     # (pipeline.layered); resident: refuse when they do not fit; layered: always pass by pass
     execution: str = "auto"
-    rows_per_block: int | None = None  # None: stage.BLOCK_ROWS (benchmarks vary it)
+    rows_per_block: int | None = None  # None: frame.BLOCK_ROWS (benchmarks vary it)
+    # rows whose final answer stopped at max_tokens: exclude (from sft.parquet) | keep
+    truncated: str = "exclude"
 
 
 class MixtureWorker(RowWorker):
@@ -113,9 +115,11 @@ def run_rows(
             batch_size=settings.batch_size,
             workers=settings.workers,
             worker_cpus=settings.worker_cpus,
-            desc="synth rows",
+            desc="synth",
             progress=progress,
             rows_per_block=settings.rows_per_block,
+            # every seat of every layer answers every turn
+            calls=sum(len(r["turns"]) for r in rows) * sum(map(len, mixture.layers)),
         ),
     )
 
@@ -144,7 +148,7 @@ def synthesize(
     )
     run.timings["read"] = run.elapsed()
     passes = _generate(todo, mixture, specs, settings, run)
-    counts = write_outputs(run.run_dir, mixture, rejects)
+    counts = write_outputs(run.run_dir, mixture, rejects, settings.truncated)
     counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
     manifest = run.save_manifest(
         "synth",

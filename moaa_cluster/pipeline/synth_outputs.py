@@ -1,7 +1,11 @@
 """What a synth run writes: its shard rows, ``sft.parquet``, ``rejects.jsonl``, counts, summary.
 
 ``sft.parquet`` is TRL's conversational format (``messages``) plus provenance: every call of
-the mixture (``calls``: model, text, tokens, finish reason, what was cut to fit).
+the mixture (``calls``: model, text, tokens, finish reason, what was cut to fit) and
+``truncated``: some turn's final (aggregated) answer stopped at ``max_tokens``
+(``finish_reason: length``), so it ends mid-sentence. With ``truncated: exclude`` (the
+default) such rows are kept out of ``sft.parquet``, which trains the model, and written to
+``sft_truncated.parquet`` instead; ``truncated: keep`` leaves them in, flagged.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import Mixture
 from moaa_cluster.pipeline.frame import MESSAGE, shard_schema
 from moaa_cluster.runs.files import write_parquet_atomic
@@ -46,17 +51,51 @@ SHARD_SCHEMA = shard_schema(
     ]
 )
 SFT_COLUMNS = ("id", "source", "source_id", "messages", "calls")
+SFT_SCHEMA = pa.schema(
+    [*((n, SHARD_SCHEMA.field(n).type) for n in SFT_COLUMNS), ("truncated", pa.bool_())]
+)
+TRUNCATED_POLICIES = ("exclude", "keep")
+TRUNCATED_FILE = "sft_truncated.parquet"
 
 
-def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) -> dict:
-    """Consolidates shards into ``sft.parquet`` and ``rejects.jsonl``; returns counts."""
+def final_answer_truncated(calls: list[dict], final_layer: int) -> bool:
+    """Whether some turn's final answer (the last layer's call) stopped at ``max_tokens``."""
+    return any(c["layer"] == final_layer and c["finish_reason"] == "length" for c in calls)
+
+
+def check_truncated_policy(policy: str) -> str:
+    if policy not in TRUNCATED_POLICIES:
+        raise ConfigError(f"synth truncated: {policy!r} is not one of {list(TRUNCATED_POLICIES)}")
+    return policy
+
+
+def _sft_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{c: r[c] for c in (*SFT_COLUMNS, "truncated")} for r in rows], schema=SFT_SCHEMA
+    )
+
+
+def write_outputs(
+    run_dir: Path, mixture: Mixture, input_rejects: list[dict], truncated: str = "exclude"
+) -> dict:
+    """Consolidates shards into ``sft.parquet`` (and ``sft_truncated.parquet`` when
+    ``truncated`` is ``exclude`` and some final answer was cut off) and ``rejects.jsonl``;
+    returns counts."""
+    check_truncated_policy(truncated)
+    run_dir = Path(run_dir)
     ok, failed = consolidate(run_dir)
     ok.sort(key=lambda r: (r["source"], r["id"]))
-    table = pa.Table.from_pylist(
-        [{c: r[c] for c in SFT_COLUMNS} for r in ok],
-        schema=pa.schema([(n, SHARD_SCHEMA.field(n).type) for n in SFT_COLUMNS]),
-    )
-    write_parquet_atomic(table, Path(run_dir) / "sft.parquet")
+    final_layer = len(mixture.layers) - 1
+    for r in ok:
+        r["truncated"] = final_answer_truncated(r["calls"], final_layer)
+    excluded = truncated == "exclude"
+    cut = [r for r in ok if excluded and r["truncated"]]
+    kept = [r for r in ok if not (excluded and r["truncated"])]
+    write_parquet_atomic(_sft_table(kept), run_dir / "sft.parquet")
+    if cut:
+        write_parquet_atomic(_sft_table(cut), run_dir / TRUNCATED_FILE)
+    else:  # a rerun that keeps them (or has none) leaves no stale file behind
+        (run_dir / TRUNCATED_FILE).unlink(missing_ok=True)
     write_rejects(
         run_dir,
         input_rejects,
@@ -71,7 +110,11 @@ def write_outputs(run_dir: Path, mixture: Mixture, input_rejects: list[dict]) ->
             for r in failed
         ],
     )
-    return run_counts(ok, failed, input_rejects)
+    counts = run_counts(ok, failed, input_rejects)
+    counts["rows_truncated"] = sum(r["truncated"] for r in ok)
+    counts["rows_truncated_excluded"] = len(cut)
+    counts["rows_sft"] = len(kept)
+    return counts
 
 
 def _tokens_per_model(ok: list[dict]) -> dict[str, dict[str, int]]:
@@ -120,6 +163,17 @@ def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
             f"  {model}: {t['calls']} calls, {t['prompt_tokens']} prompt + "
             f"{t['completion_tokens']} generated tokens"
         )
+    if counts.get("rows_truncated"):
+        excluded = counts.get("rows_truncated_excluded", 0)
+        where = (
+            f"excluded from sft.parquet (kept in {TRUNCATED_FILE}; truncated=keep trains on them)"
+            if excluded
+            else "kept in sft.parquet, flagged `truncated` (truncated=exclude leaves them out)"
+        )
+        lines.append(
+            f"truncated: {counts['rows_truncated']} rows end in a final answer cut off at "
+            f"max_tokens (finish_reason: length): {where}"
+        )
     if counts.get("calls_with_cut_context"):
         lines.append(
             f"context: {counts['calls_with_cut_context']} calls in "
@@ -132,7 +186,10 @@ def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
             "restarting) and were run again"
         )
     lines.append("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    lines.append(f"output: {Path(run_dir) / 'sft.parquet'}  (rejects: rejects.jsonl)")
+    rows_sft = counts.get("rows_sft", counts["rows_ok"])
+    lines.append(
+        f"output: {Path(run_dir) / 'sft.parquet'} ({rows_sft} rows)  (rejects: rejects.jsonl)"
+    )
     if counts["rows_failed"]:
         lines.append(
             f"WARNING: {counts['rows_failed']} rows failed in inference (reasons in rejects.jsonl); "

@@ -23,7 +23,7 @@ KIND_FILES = (
 )
 
 # stage subdirectories of `moaa pipeline`, in the order they run
-PIPELINE_ORDER = ("synth", "sft", "sample", "prefs", "dpo", "eval")
+PIPELINE_ORDER = ("synth", "sft", "sample", "prefs", "dpo", "eval_sft", "eval")
 
 
 def detect(path: Path) -> str | None:
@@ -51,8 +51,10 @@ def stage_dirs(path: Path) -> list[Path]:
     if not path.is_dir():
         return []
     found = [d for d in sorted(path.iterdir()) if d.is_dir() and detect_leaf(d)]
-    order = list(((read_json(path / "manifest.json") or {}).get("stages") or {}).keys())
-    order += [s for s in PIPELINE_ORDER if s not in order]  # before the manifest exists
+    # a pipeline's stages in their order (eval_sft, which its manifest does not list, before
+    # eval), then any other stage the manifest lists, in its order
+    listed = list(((read_json(path / "manifest.json") or {}).get("stages") or {}).keys())
+    order = [*PIPELINE_ORDER, *(s for s in listed if s not in PIPELINE_ORDER)]
     return sorted(found, key=lambda d: order.index(d.name) if d.name in order else len(order))
 
 

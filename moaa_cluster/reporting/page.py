@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from moaa_cluster.evaluation.table import build_table, format_table
 from moaa_cluster.reporting.collect import collect, detect, rehearsal_of
 from moaa_cluster.reporting.costs import cost_rows, format_cost_table
+from moaa_cluster.reporting.overview import overview_lines
 from moaa_cluster.reporting.part import RunPart
 from moaa_cluster.reporting.plots import (
     plot_judge,
@@ -17,6 +19,7 @@ from moaa_cluster.reporting.plots import (
     plot_tokens,
     plot_win_rates,
 )
+from moaa_cluster.runs.files import read_json
 
 
 def rehearsal_lines(rec: dict | None) -> list[str]:
@@ -74,6 +77,8 @@ def write_report(
             "judge_eval.json, summary.json or metrics.jsonl here or in a subdirectory."
         )
     else:
+        lines += overview_lines(run_dir, kind, parts)
+        lines += table_lines(parts)
         lines += cost_lines(parts, prices, gpu_hour_usd)
         lines += plot_lines(parts, run_dir / "plots")
         for part in parts:
@@ -106,6 +111,14 @@ def header_lines(
     if absent:
         lines.append("")
     return lines
+
+
+def table_lines(parts: list[RunPart]) -> list[str]:
+    """``## Results``: the paper-style table over the run's evaluations (models x protocols)."""
+    summaries = [s for p in parts if p.kind == "eval" and (s := read_json(p.path / "summary.json"))]
+    if not summaries:
+        return []
+    return ["## Results", "", format_table(build_table(summaries)), ""]
 
 
 def cost_lines(parts: list[RunPart], prices: dict, gpu_hour_usd: float | None) -> list[str]:

@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+from moaa_cluster.evaluation.protocol_summary import format_protocol
 from moaa_cluster.evaluation.summary import format_summary
 from moaa_cluster.reporting.part import RunPart
 from moaa_cluster.runs.files import read_json
@@ -36,6 +37,9 @@ def _load_synth(part: RunPart) -> None:
     if rows is None:
         part.missing.append(f"no sft.parquet in {part.path}")
         return
+    # rows whose final answer was cut off, kept out of sft.parquet (truncated=exclude)
+    cut = _read_parquet(part.path / "sft_truncated.parquet", ["id", "calls"]) or []
+    rows = rows + cut
     if not part.tokens:
         for r in rows:
             for c in r["calls"] or []:
@@ -52,6 +56,15 @@ def _load_synth(part: RunPart) -> None:
         f"{counts.get('rows_failed', '?')} failed, {counts.get('rejects_input', '?')} rejected "
         "on input."
     )
+    if counts.get("rows_truncated"):
+        fate = (
+            f"{len(cut)} left out of sft.parquet (in sft_truncated.parquet)"
+            if cut
+            else "kept in sft.parquet, flagged `truncated`"
+        )
+        part.lines.append(
+            f"{counts['rows_truncated']} end in a final answer cut off at max_tokens: {fate}."
+        )
     if latency:
         part.lines += [
             "",
@@ -190,6 +203,9 @@ def _load_eval(part: RunPart) -> None:
     part.timings = {**s.get("timings_s", {}), **part.timings}
     for model, t in (s.get("tokens_per_model") or {}).items():
         _add_tokens(part.tokens, model, t["calls"], t["prompt_tokens"], t["completion_tokens"])
+    if "protocol" in s:
+        _load_protocol(part, s)
+        return
     w = s["win_rate"]
 
     def add(label: str, r: dict) -> None:
@@ -227,6 +243,29 @@ def _load_eval(part: RunPart) -> None:
         *table[1:-1],
         "",
         table[-1],
+    ]
+
+
+def _load_protocol(part: RunPart, s: dict) -> None:
+    """A benchmark protocol's run: its headline score (and a rate for the win-rate plot)."""
+    h = s["protocol"]["headline"]
+    if h["value"] is not None and h["unit"] == "%":
+        low, high = h["low"], h["high"]
+        part.win_rates.append(
+            {
+                "label": f"{s['model']}: {h['protocol']}"
+                + (f" vs {s['baseline']}" if s.get("baseline") else ""),
+                "metric": h["metric"],
+                "rate": h["value"] / 100,
+                "low": None if low is None else low / 100,
+                "high": None if high is None else high / 100,
+            }
+        )
+    part.lines += [
+        f"{s['evaluated']} of {s['questions']} questions answered and judged "
+        f"({s['rejected']} rejected, {s['failed']} failed).",
+        "",
+        *format_protocol(s).splitlines(),
     ]
 
 

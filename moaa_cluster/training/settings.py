@@ -122,6 +122,10 @@ def trainer_args(
         "save_strategy": "steps",
         "save_steps": 50,
         "save_total_limit": 1,
+        # the worker's output reaches the driver (and `ray job` logs) through Ray's log
+        # stream, where a tqdm bar is a carriage-return line per update: one plain log line
+        # per logged step instead (a config may turn the bar back on)
+        "disable_tqdm": True,
         **settings.args,
         "output_dir": output_dir,
         "per_device_train_batch_size": settings.per_device_batch_size,

@@ -105,21 +105,28 @@ def test_pipeline_end_to_end_then_skips_when_complete(tmp_path: Path, models_dir
     assert set(dpo_w) == set(sft_w)  # merged: the base architecture's tensors, no lora_ keys
     assert _changed(dpo_w, sft_w) > 0
 
-    # eval: the DPO checkpoint answered in vLLM, judged against the base model both ways
-    summary = json.loads((run / "eval" / "summary.json").read_text())
-    assert summary["model"] == "smollm2-135m-instruct-dpo"
-    assert summary["baseline"] == "smollm2-135m-instruct"
-    assert summary["evaluated"] == 3
-    wr = summary["win_rate"]
-    assert wr["n"] == wr["wins"] + wr["ties"] + wr["losses"] == 3 - summary["unresolved"]
-    assert wr["n"] >= 1
-    assert math.isclose(wr["win_rate"], (wr["wins"] + 0.5 * wr["ties"]) / wr["n"])
-    assert wr["ci_low"] <= wr["win_rate"] <= wr["ci_high"]
-    answers = pq.read_table(run / "eval" / "answers.parquet").to_pylist()
-    assert len(answers) == 3 and all(a for a in answers)
-
-    assert (run / "report.md").exists()
-    assert "win" in (run / "report.md").read_text().lower()
+    # eval: the SFT checkpoint (eval_sft/), then the DPO one (eval/), answered in vLLM against
+    # the base model's answers (generated once, by the SFT evaluation) under the pipeline's
+    # protocol, AlpacaEval 2: one judge call per question, re-asked constrained to m/M when
+    # the packaged judge names neither
+    for stage, model in (
+        ("eval_sft", "smollm2-135m-instruct-sft"),
+        ("eval", "smollm2-135m-instruct-dpo"),
+    ):
+        summary = json.loads((run / stage / "summary.json").read_text())
+        assert summary["model"] == model and summary["baseline"] == "smollm2-135m-instruct"
+        assert summary["evaluated"] == 3
+        p = summary["protocol"]
+        assert p["headline"]["protocol"] == "alpaca_eval2" and p["judged"] + p["unparsed"] == 3
+        assert p["judged"] >= 1 and 0 <= p["win_rate"] <= 100
+        judged = pq.read_table(run / stage / "judgments.parquet").to_pylist()
+        assert all(0 <= r["preference"] <= 1 for r in judged if r["preference"] is not None)
+        answers = pq.read_table(run / stage / "answers.parquet").to_pylist()
+        assert len(answers) == 3 and all(a for a in answers)
+    assert (run / "eval_sft" / "baseline_answers.parquet").exists()
+    short = (run / "report.md").read_text().split("## Cost")[0]
+    assert short.index("- **eval_sft**") < short.index("- **eval**")
+    assert "alpaca_eval2 vs smollm2-135m-instruct: LC win rate" in short
 
     # the same command again: all complete, nothing starts
     t0 = time.monotonic()

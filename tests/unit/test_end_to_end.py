@@ -67,7 +67,7 @@ def test_pipeline_config_builds_every_stage(compose):
     parts = build.pipeline(cfg)
     assert parts.sft_settings.kind == "sft" and parts.dpo_settings.kind == "dpo"
     assert parts.dpo_settings.lora["r"] == 16 and parts.sft_settings.lora is None
-    assert parts.prefs_limit == 2 and parts.prefs_settings.num_candidates == 5
+    assert parts.prefs_limit == 2 and parts.prefs_settings.num_candidates == 3
     assert parts.base.path == "/m/smollm2-135m-instruct"
     assert [s.name for s in parts.eval_sources] == ["embedded_heldout"]
     assert STAGES == ("synth", "sft", "prefs", "dpo", "eval")

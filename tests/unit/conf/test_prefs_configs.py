@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from moaa_cluster import build
+from moaa_cluster.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -17,6 +18,7 @@ PAPER_PIPELINE = [
     "models_dir=/m",
     "mixture=paper_small_scale",
     "judge=paper_stage2",
+    "judge@eval_judge=paper_eval",
     "model@base=gemma_2_9b_it",
     "train@train_sft=sft_paper_gemma",
     "train@train_dpo=dpo_paper_gemma",
@@ -31,10 +33,15 @@ def test_embedded_pipeline_keeps_its_toy_sizes_in_a_dataset(compose):
     assert cfg.prefs.limit is None  # the toy limit is the dataset's, not the recipe's
     assert cfg.prefs_data.name == "embedded_prefs"
     parts = build.pipeline(cfg)
-    assert parts.prefs_limit == 4
+    assert parts.prefs_limit == 3
     assert [(s.name, s.path) for s in parts.prefs_sources] == [("embedded_demo", "builtin:demo")]
     assert parts.prefs_settings.sampling == {"temperature": 0.8, "top_p": 1.0, "max_tokens": 160}
-    assert parts.prefs_settings.num_candidates == 5
+    # the packaged judge ranks 3 candidates (the demo's cost); the paper judges rank 5
+    assert parts.prefs_settings.num_candidates == 3
+    for recipe in ("pipeline", "prefs", "plan"):
+        paper = compose(recipe, ["models_dir=/m", "judge=paper_stage2"])
+        n = paper.prefs.num_candidates if recipe != "prefs" else paper.num_candidates
+        assert n == 5, recipe
 
 
 def test_embedded_prefs_keeps_160_token_candidates(compose):
@@ -54,6 +61,18 @@ def test_paper_pipeline_recipe_takes_paper_lengths_and_dataset_sizes(compose):
     assert (src.name, src.limit) == ("ultrafeedback_6k", 6000)
 
 
+def test_the_eval_judge_is_not_the_reward_model_and_never_the_toy_judge_at_paper_scale(compose):
+    parts = build.pipeline(compose("pipeline", PAPER_PIPELINE))
+    assert parts.judge.name == "paper_stage2" and parts.eval_judge.name == "paper_eval"
+    assert parts.eval_judge.aggregator not in (parts.judge.aggregator,)
+    embedded = build.pipeline(compose("pipeline", []))
+    assert (embedded.judge.name, embedded.eval_judge.name) == ("embedded", "embedded_eval")
+    assert set(embedded.eval_judge_specs) == {"gemma_3_270m"}
+    kept_default = [o for o in PAPER_PIPELINE if not o.startswith("judge@eval_judge")]
+    with pytest.raises(ConfigError, match="packaged toy judge .* set judge@eval_judge"):
+        build.pipeline(compose("pipeline", kept_default))
+
+
 def test_paper_prefs_takes_paper_lengths(compose):
     cfg = compose("prefs", ["judge=paper_stage2", "dataset=ultrafeedback_6k"])
     assert OmegaConf.to_container(cfg, resolve=True)["sampling"]["max_tokens"] == 2048
@@ -68,6 +87,7 @@ def test_no_paper_experiment_carries_toy_caps(compose):
             continue  # the ablations keep the embedded judge: toy experiments
         parts = build.pipeline(cfg)
         assert parts.prefs_settings.sampling["max_tokens"] == 2048, stem
+        assert parts.prefs_settings.num_candidates == 5, stem  # the paper's, not the toy 3
         if "prefs" in parts.stages:
             assert parts.prefs_limit is None, stem
             assert [s.name for s in parts.prefs_sources] != ["embedded_demo"], stem
@@ -122,3 +142,17 @@ def test_the_paper_judges_verdict_prompt_fits_its_aggregator(compose):
             + judge.sampling["max_tokens"]
         )
         assert k3 <= specs[key].max_model_len
+
+
+def test_the_full_size_embedded_pipeline_puts_back_what_the_demo_trims(compose):
+    demo = build.pipeline(compose("pipeline", ["models_dir=/m"]))
+    full_cfg = compose("pipeline", ["models_dir=/m", "+experiment=embedded_full"])
+    full = build.pipeline(full_cfg)
+    # the demo samples 10 of the 40 synth conversations (seeded), full reads them all
+    assert [s.limit for s in demo.synth_sources] == [10] and demo.synth_limit is None
+    assert [s.limit for s in full.synth_sources] == [None] and full.synth_limit is None
+    assert (demo.prefs_limit, demo.eval_limit) == (3, 8)
+    assert (full.prefs_limit, full.eval_limit) == (4, None)
+    assert (demo.prefs_settings.num_candidates, full.prefs_settings.num_candidates) == (3, 5)
+    assert full.judge == demo.judge and full.mixture == demo.mixture  # same models and judges
+    assert full_cfg.output_dir != compose("pipeline", ["models_dir=/m"]).output_dir

@@ -288,3 +288,20 @@ def test_summary_counts_and_judge_rates():
     assert "| all | 5 | 2 | 2 | 1 | 60.0 [" in table
     assert "1 identical answer pair(s) counted as ties" in table
     assert "| x | 2 | 1 | 0 | 1 | 50.0" in table
+
+
+def test_answers_cut_at_max_tokens_are_counted_per_side_and_said_in_the_table():
+    from moaa_cluster.evaluation.summary import truncated_answers
+
+    rows = [
+        {"model_finish_reasons": ["stop", "length"], "baseline_finish_reasons": ["stop"]},
+        {"model_finish_reasons": ["length"], "baseline_finish_reasons": ["length"]},
+        {"model_finish_reasons": ["stop"], "baseline_finish_reasons": None},  # given answers
+    ]
+    cut = truncated_answers(rows)
+    assert cut == {"model": 2, "baseline": 1}
+    s = summarize_judgments([], EvalSettings(resamples=0))
+    base = {**s, "model": "m", "baseline": "b", "judge_name": "j"}
+    assert "truncated:" not in format_summary({**base, "answers_truncated": {"model": 0}})
+    table = format_summary({**base, "answers_truncated": cut})
+    assert "truncated: 2 model and 1 baseline answers stopped at max_tokens" in table

@@ -313,3 +313,60 @@ def test_gpus_flag_and_unknown_gpu_count(tmp_path):
     assert "GPU count not in the cluster config" in text
     text = write_report(d, gpus=8, gpu_hour_usd=1.5).read_text()
     assert f"| 8 (--gpus) | {102 / 3600 * 8:.4f} | {102 / 3600 * 8 * 1.5:.4f} |" in text
+
+
+def test_a_pipeline_report_opens_with_a_plain_summary(pipeline_dir):
+    text = write_report(pipeline_dir).read_text()
+    assert text.index("## In short") < text.index("## Cost")
+    short = text[text.index("## In short") : text.index("## Cost")]
+    assert "- **synth** (synth, 81 s): 2 SFT conversations" in short
+    assert f"-> `{pipeline_dir / 'synth'}`" in short
+    assert "- **dpo** (train, " in short and "loss " in short
+    assert "win rate 62.5% [25, 100]" in short
+    assert "Stages took" in short
+    assert "What the numbers mean here" not in short  # models "small"/"big" are not packaged
+
+
+def test_the_summary_says_what_toy_numbers_mean_when_packaged_models_served(pipeline_dir):
+    m = json.loads((pipeline_dir / "synth" / "manifest.json").read_text())
+    m["models"] = {"smollm2_135m_instruct": {"name": "smollm2-135m-instruct"}}
+    m["counts"].update({"rows_truncated_excluded": 3, "rows_sft": 2})
+    _write(pipeline_dir / "synth" / "manifest.json", m)
+    short = write_report(pipeline_dir).read_text().split("## Cost")[0]
+    assert "What the numbers mean here" in short and "say nothing about the method" in short
+    assert "2 SFT conversations (3 left out: final answer cut off at max_tokens)" in short
+
+
+def test_a_single_task_report_has_no_pipeline_summary(tmp_path):
+    _synth(tmp_path / "s")
+    assert "## In short" not in write_report(tmp_path / "s").read_text()
+
+
+def test_the_summary_puts_the_sft_evaluation_before_the_final_one_with_its_metric(pipeline_dir):
+    # the pipeline's SFT evaluation (eval_sft/, not listed in its manifest) under AlpacaEval 2
+    d = pipeline_dir / "eval_sft"
+    headline = {"protocol": "alpaca_eval2", "metric": "LC win rate", "unit": "%"}
+    protocol = {
+        "judged": 4,
+        "unparsed": 0,
+        "recovered": 4,
+        "headline": {**headline, "value": 45.6, "low": 25.1, "high": 67.9},
+        "win_rate": 50.4,
+    }
+    _write(
+        d / "summary.json",
+        {
+            "model": "sft",
+            "baseline": "base",
+            "judge_name": "single:g",
+            "questions": 4,
+            "evaluated": 4,
+            "failed": 0,
+            "rejected": 0,
+            "protocol": protocol,
+        },
+    )
+    _write(d / "manifest.json", {"task": "eval", "timings_s": {"total": 50.0}})
+    short = write_report(pipeline_dir).read_text().split("## Cost")[0]
+    assert "sft: alpaca_eval2 vs base: LC win rate 45.6% [25, 68]" in short
+    assert short.index("- **eval_sft**") < short.index("- **eval**")

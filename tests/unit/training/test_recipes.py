@@ -115,6 +115,8 @@ def test_recipe_builds_its_trl_config(compose, trl_classes, tmp_path, path):
     assert config.output_dir == str(tmp_path)
     assert config.use_cpu is (not scaling.use_gpu)
     assert config.report_to == []
+    # plain log lines, not tqdm carriage returns, in Ray's forwarded logs (unless set)
+    assert config.disable_tqdm is settings.args.get("disable_tqdm", True)
     assert config.per_device_train_batch_size == settings.per_device_batch_size
     effective = (
         config.per_device_train_batch_size
