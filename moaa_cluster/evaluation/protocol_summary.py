@@ -19,7 +19,7 @@ from moaa_cluster.evaluation.bradley_terry import Battle, answer_style, arena_ha
 from moaa_cluster.evaluation.lc_winrate import lc_win_rate
 from moaa_cluster.evaluation.mt_bench_scores import TurnScore, mt_bench_scores
 from moaa_cluster.evaluation.settings import EvalSettings
-from moaa_cluster.evaluation.summary import answer_chars
+from moaa_cluster.evaluation.summary import answer_chars, truncation_lines
 
 HEADLINES = {
     "pairwise": ("win rate", "%"),
@@ -164,10 +164,5 @@ def format_protocol(summary: dict) -> str:
             f"grades read, {p['unparsed']} unreadable, not scored; by category: "
             + ", ".join(f"{c} {num(v)}" for c, v in sorted((p.get("per_category") or {}).items()))
         )
-    cut = summary.get("answers_truncated") or {}
-    if any(cut.values()):
-        lines.append(
-            f"truncated: {cut.get('model', 0)} model and {cut.get('baseline', 0)} baseline "
-            "answers stopped at max_tokens (finish_reason: length), judged as they are"
-        )
+    lines += truncation_lines(summary)
     return "\n".join(lines)

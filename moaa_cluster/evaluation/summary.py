@@ -174,10 +174,16 @@ def format_summary(summary: dict) -> str:
         f"{summary['unresolved']} question(s) unresolved, not counted; "
         f"{summary.get('identical', 0)} identical answer pair(s) counted as ties"
     )
-    cut = summary.get("answers_truncated") or {}
-    if any(cut.values()):
-        lines.append(
-            f"truncated: {cut.get('model', 0)} model and {cut.get('baseline', 0)} baseline "
-            "answers stopped at max_tokens (finish_reason: length), judged as they are"
-        )
+    lines += truncation_lines(summary)
     return "\n".join(lines)
+
+
+def truncation_lines(summary: dict) -> list[str]:
+    """The line saying how many answers stopped at max_tokens (none when no answer did)."""
+    cut = summary.get("answers_truncated") or {}
+    if not any(cut.values()):
+        return []
+    return [
+        f"truncated: {cut.get('model', 0)} model and {cut.get('baseline', 0)} baseline "
+        "answers stopped at max_tokens (finish_reason: length), judged as they are"
+    ]

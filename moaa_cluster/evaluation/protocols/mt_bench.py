@@ -97,7 +97,9 @@ _SINGLE_V1_MULTI_TURN_SYSTEM = (
     "\n"
 )
 
-_SINGLE_V1_MULTI_TURN_TEMPLATE = (
+# the two-turn conversation as both multi-turn prompts show it (the math one after the
+# reference answers)
+_CONVERSATION = (
     "<|The Start of Assistant A's Conversation with User|>\n"
     "\n"
     "### User:\n"
@@ -114,6 +116,8 @@ _SINGLE_V1_MULTI_TURN_TEMPLATE = (
     "\n"
     "<|The End of Assistant A's Conversation with User|>"
 )
+
+_SINGLE_V1_MULTI_TURN_TEMPLATE = _CONVERSATION
 
 _SINGLE_MATH_V1_MULTI_TURN_SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the response provided by "
@@ -145,22 +149,7 @@ _SINGLE_MATH_V1_MULTI_TURN_TEMPLATE = (
     "<|The End of Reference Answer|>\n"
     "\n"
     "\n"
-    "<|The Start of Assistant A's Conversation with User|>\n"
-    "\n"
-    "### User:\n"
-    "{question_1}\n"
-    "\n"
-    "### Assistant A:\n"
-    "{answer_1}\n"
-    "\n"
-    "### User:\n"
-    "{question_2}\n"
-    "\n"
-    "### Assistant A:\n"
-    "{answer_2}\n"
-    "\n"
-    "<|The End of Assistant A's Conversation with User|>"
-)
+) + _CONVERSATION
 
 
 @dataclass(frozen=True)
