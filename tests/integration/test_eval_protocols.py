@@ -75,15 +75,22 @@ def test_alpaca_eval2_reads_the_preference_from_the_engines_logprobs(run_eval, t
         ],
     )
     p = s["protocol"]
-    assert s["evaluated"] == 2 and p["judged"] + p["unparsed"] == 2
+    # the judge config recovers: an answer naming neither m nor M is asked again, decoding
+    # constrained to the two identifiers, so every question ends up read
+    assert s["evaluated"] == 2 and (p["judged"], p["unparsed"]) == (2, 0)
     rows = _judgments(tmp_path / "run")
     for r in rows:
         detail = json.loads(r["judge"])
         assert detail["top"], "the engine returned no top logprobs"  # logprobs reached us
         assert detail["model_position"] in ("m", "M")
-        assert (r["preference"] is None) == (detail["read_from"] == "none")
-        assert r["preference"] is None or 0.0 <= r["preference"] <= 1.0
-        assert r["judge_calls"] == 1 and r["protocol"] == "alpaca_eval2"
+        assert 0.0 <= r["preference"] <= 1.0 and r["protocol"] == "alpaca_eval2"
+        if detail["read_from"].startswith("recovered"):
+            assert r["judge_calls"] == 2 and detail["recovery"]["text"] in ("m", "M")
+        else:
+            assert r["judge_calls"] == 1 and detail["read_from"] in ("logprobs", "text")
+    assert p["recovered"] == sum(
+        json.loads(r["judge"])["read_from"].startswith("recovered") for r in rows
+    )
     assert s["judge_name"] == "single:smollm2_135m_instruct"
 
 
