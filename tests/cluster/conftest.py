@@ -21,7 +21,8 @@ from tests.integration.conftest import models_dir  # noqa: F401  (packaged model
 
 VENV_BIN = Path(sys.executable).parent
 # a small, fast job: two demo conversations, short answers
-SYNTH_ARGS = ["limit=2", "mixture.sampling.max_tokens=48"]
+# truncated=keep: at 48 tokens most final answers are cut off; these tests count rows
+SYNTH_ARGS = ["limit=2", "mixture.sampling.max_tokens=48", "truncated=keep"]
 
 
 def marked_pids(tag: str) -> list[int]:

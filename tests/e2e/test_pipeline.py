@@ -46,6 +46,7 @@ def test_pipeline_end_to_end_then_skips_when_complete(tmp_path: Path, models_dir
         "progress=false",
         "synth.limit=4",
         "mixture.sampling.max_tokens=64",
+        "synth.truncated=keep",  # at 64 tokens most final answers are cut off: SFT on all 4
         "train_sft.args.max_steps=3",
         "prefs.limit=3",
         "prefs.num_candidates=4",  # round robin: 6 pairs, 12 judged orders per prompt

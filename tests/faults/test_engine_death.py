@@ -30,6 +30,7 @@ def test_run_survives_an_engine_death(tmp_path: Path, models_dir: Path):
         "cluster.batch_size=2",
         "cluster.workers=2",
         "mixture.sampling.max_tokens=48",
+        "truncated=keep",  # every row in sft.parquet, cut off or not: the test counts them
         "progress=false",
     )
     run_dir = out_root / "synth-embedded-embedded_demo"

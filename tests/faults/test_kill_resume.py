@@ -27,6 +27,7 @@ def test_killed_synth_resumes_without_loss_or_duplicates(tmp_path: Path, models_
         "cluster.batch_size=4",
         "cluster.workers=2",
         "mixture.sampling.max_tokens=48",
+        "truncated=keep",  # every row in sft.parquet, cut off or not: the test counts them
     ]
     started = time.time()
     env = {**os.environ, "MOAA_MODELS_DIR": str(models_dir)}

@@ -46,8 +46,17 @@ def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
     ), proc.stdout[-2000:]
 
     # --- SFT rows: TRL conversational format + provenance -------------------------------
-    rows = pq.read_table(run_dir / "sft.parquet").to_pylist()
+    # a row whose final answer stopped at max_tokens goes to sft_truncated.parquet (default
+    # `truncated: exclude`), the others to sft.parquet; together they are the 3 good rows
+    kept = pq.read_table(run_dir / "sft.parquet").to_pylist()
+    cut_file = run_dir / "sft_truncated.parquet"
+    cut = pq.read_table(cut_file).to_pylist() if cut_file.exists() else []
+    rows = kept + cut
     assert len(rows) == 3 and len({r["id"] for r in rows}) == 3
+    for row, truncated in [(r, False) for r in kept] + [(r, True) for r in cut]:
+        finals = [c for c in row["calls"] if c["layer"] == 1]
+        assert row["truncated"] is truncated
+        assert any(c["finish_reason"] == "length" for c in finals) is truncated
     for row in rows:
         users = [m for m in row["messages"] if m["role"] == "user"]
         assistants = [m for m in row["messages"] if m["role"] == "assistant"]

@@ -186,6 +186,7 @@ def test_two_point_sweep_runs_clean_and_offline(tmp_path: Path, models_dir: Path
         "mixture=embedded,embedded_single_proposer",
         "limit=2",
         "mixture.sampling.max_tokens=32",
+        "truncated=keep",  # at 32 tokens most answers are cut off: keep them, the test counts rows
         f"output_root={tmp_path / 'outputs'}",
         f"hydra.sweep.dir={sweep}",
         "progress=false",

@@ -26,6 +26,9 @@ def mt_bench_run(run_synth, tmp_path_factory) -> tuple[Path, dict]:
             "limit=3",
             "record_prompts=true",
             "mixture.sampling.max_tokens=96",
+            # every row in sft.parquet, cut off or not: these tests count and compare rows (the
+            # exclusion rule is test_a_cli_synth's)
+            "truncated=keep",
             "cluster.batch_size=1",  # one shard per row, so resume has shards to keep and to redo
         ],
     )
@@ -69,6 +72,7 @@ def test_resume_redoes_only_missing_rows(mt_bench_run, run_synth):
             "limit=3",
             "record_prompts=true",
             "mixture.sampling.max_tokens=96",
+            "truncated=keep",
             "cluster.batch_size=1",
         ],
     )
@@ -92,6 +96,7 @@ def test_layer_by_layer_matches_the_resident_run_and_resumes_by_pass(
         "limit=3",
         "record_prompts=true",
         "mixture.sampling.max_tokens=96",
+        "truncated=keep",
         "execution=layered",
     ]
     first = run_synth(run_dir, overrides)

@@ -53,6 +53,7 @@ def test_paper_stage1_rehearsal(compose, models_dir, ray_session, mt_bench_rows,
             f"output_root={tmp_path}",
             "keep_engines=true",
             "record_prompts=true",
+            "truncated=keep",  # both rows in sft.parquet, whatever the stand-in's length
         ],
     )
     run_dir = tmp_path / "synth-paper_stage1-mt_bench-rehearsal"
@@ -173,6 +174,8 @@ def test_self_improvement_pipeline_rehearsal(
             f"synth_data.sources.mt_bench.path={mt_bench_rows}",
             "eval.limit=2",
             "rehearsal_scale=0.25",
+            # the stand-in at 1/4 length may cut both answers off: SFT would get no row
+            "synth.truncated=keep",
             f"output_root={tmp_path}",
         ],
     )
