@@ -109,8 +109,10 @@ def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
     # --- loads with `datasets`, ablations derive without inference ----------------------
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files=str(run_dir / "sft.parquet"), split="train")
+    files = [str(run_dir / "sft.parquet")] + ([str(cut_file)] if cut_file.exists() else [])
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")  # both files
     assert ds.num_rows == 3 and ds[0]["messages"][0]["role"] == "user"
+    assert sum(ds["truncated"]) == len(cut)
     from moaa_cluster.pipeline.derive import derive
 
     combined = derive(rows, "combined")
