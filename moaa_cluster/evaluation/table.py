@@ -44,10 +44,10 @@ def build_table(summaries: list[dict]) -> dict:
     for s in summaries:
         column, cell = cell_of(s)
         cells.setdefault(s["model"], {})[column] = cell
-        if column.startswith(tuple(f"{p} vs " for p in ORDER)):
-            baselines.setdefault(s["baseline"], [])
-            if column not in baselines[s["baseline"]]:
-                baselines[s["baseline"]].append(column)
+        if column != cell["protocol"]:  # cell_of named the baseline in the column
+            theirs = baselines.setdefault(s["baseline"], [])
+            if column not in theirs:
+                theirs.append(column)
     columns = sorted(
         {c for row in cells.values() for c in row},
         key=lambda c: (ORDER.index(c.split(" ")[0]) if c.split(" ")[0] in ORDER else 9, c),
