@@ -83,6 +83,7 @@ def synth_settings(cfg, defaults: dict, section=None) -> SynthSettings:
         record_prompts=bool(cfg.record_prompts),
         execution=str(own.get("execution") or "auto"),
         truncated=check_truncated_policy(str(own.get("truncated") or "exclude")),
+        single_file=bool(cfg.get("single_file", True)),
     )
 
 

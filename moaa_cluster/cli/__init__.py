@@ -89,8 +89,9 @@ def _rehearsal(cfg):
 
 def _read_manifest(cfg):
     from moaa_cluster.runs.manifest import Manifest
+    from moaa_cluster.runs.storage import run_path
 
-    return Manifest.load(Path(str(cfg.get("output_dir") or "")))
+    return Manifest.load(run_path(str(cfg.get("output_dir") or "")))
 
 
 def _report(argv: list[str]) -> int:

@@ -19,19 +19,30 @@ def manifest_extra(cfg) -> dict:
     return {"config": config, "rehearsal": config.get("rehearsal") or None}
 
 
+# tasks whose run directory may be an object-store URI (output_dir=s3://...): runs.storage
+URI_TASKS = ("synth",)
+
+
 def run_options(cfg):
     """The ``RunOptions`` of a task, once, from its config: ``output_dir``, ``overwrite``,
     ``limit`` (else its dataset's own ``limit``: synth, prefs, sample), ``progress``,
     ``keep_engines``, the cluster, and what every manifest records of the invocation."""
     from omegaconf import OmegaConf
 
+    from moaa_cluster.errors import ConfigError
     from moaa_cluster.runs.options import RunOptions
+    from moaa_cluster.runs.storage import is_uri
 
     limit = cfg.get("limit")
+    if is_uri(str(cfg.output_dir)) and cfg.get("task") not in URI_TASKS:
+        raise ConfigError(
+            f"output_dir {cfg.output_dir}: object storage is supported for "
+            f"{', '.join(URI_TASKS)} runs; `{cfg.get('task')}` needs a local or shared path"
+        )
     if limit is None and "dataset" in cfg:
         limit = cfg.dataset.get("limit")
     return RunOptions(
-        run_dir=Path(cfg.output_dir),
+        run_dir=str(cfg.output_dir),
         cluster=OmegaConf.to_container(cfg.cluster, resolve=True),
         overwrite=bool(cfg.get("overwrite", False)),
         limit=limit,
@@ -225,7 +236,10 @@ def plan_task(cfg) -> None:
         else:
             raise ConfigError(f"stages: unknown stage {stage!r}; known: synth, prefs")
         specs = {k: placement.fill_from_checkpoint(v) for k, v in specs.items()}
-        costing = placement.Costing(table, int(c["rows"]), note)
+        per_cpu = c.get("orchestration_calls_per_cpu")
+        costing = placement.Costing(
+            table, int(c["rows"]), note, float(per_cpu) if per_cpu else None
+        )
         plans.append(placement.plan(work, specs, inventory, settings, costing))
     if c["format"] == "json":
         print(json.dumps([p.to_dict() for p in plans], indent=2))

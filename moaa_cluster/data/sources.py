@@ -1,12 +1,14 @@
-"""Reading instruction sources, validating them into rows, and writing run outputs.
+"""Instruction sources: what a source is, how its records become rows or rejects.
 
-Inputs are read on the driver: a malformed line must become a ``rejects`` entry with its line
-number, not a failed read task, and duplicate detection needs the whole input anyway. The
-instruction sets this method uses (tens of thousands of prompts) fit easily in memory.
+Two readers share the rules here (:func:`record_row`, :func:`input_reject`, :func:`picked`):
+:func:`load_rows` reads on the driver, for the small inputs of prefs, eval and judge-eval
+(questions, prompts); synth streams its instructions through Ray Data read tasks
+(:mod:`moaa_cluster.data.input_stream`), so they never pass through the driver.
 
 Files are read by :mod:`moaa_cluster.data.records` (formats, byte-order marks, the rule for
 text UTF-8 cannot encode); a record can fail only itself: whatever goes wrong while reading,
-adapting or hashing it becomes its reject, never a failed run.
+adapting or hashing it becomes its reject, never a failed run. A directory that is not a saved
+``datasets`` directory is read as its data files, in name order.
 """
 
 from __future__ import annotations
@@ -54,22 +56,27 @@ def _hub_enabled() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False")
 
 
-def _records(src: Source) -> Iterator[tuple[str, object]]:
+def resolve(src: Source) -> Path | None:
+    """The local path ``src`` reads (a builtin resolved), or None when it reads the hub.
+
+    Raises:
+        FileNotFoundError: The path does not exist (with a hint when the hub could read it).
+        ValueError: Neither ``path`` nor ``hub_id`` is set.
+    """
     local_missing = (
         src.path
         and not src.path.startswith("builtin:")
         and not Path(os.path.expanduser(src.path)).exists()
     )
     if local_missing and src.hub_id and _hub_enabled():
-        src = Source(**{**src.__dict__, "path": None})
+        return None
     if src.path:
         if src.path.startswith("builtin:"):
             key = src.path.split(":", 1)[1]
             if key not in BUILTIN:
                 raise FileNotFoundError(f"unknown builtin dataset {key!r}; known: {list(BUILTIN)}")
-            path = BUILTIN[key]
-        else:
-            path = Path(os.path.expanduser(src.path))
+            return BUILTIN[key]
+        path = Path(os.path.expanduser(src.path))
         if not path.exists():
             hint = (
                 f" (or enable the hub, HF_HUB_OFFLINE=0, to read {src.hub_id})"
@@ -77,14 +84,87 @@ def _records(src: Source) -> Iterator[tuple[str, object]]:
                 else ""
             )
             raise FileNotFoundError(f"source {src.name}: {path} does not exist{hint}")
-        yield from read_records(path, src.split)
-    elif src.hub_id:
-        import datasets
+        return path
+    if src.hub_id:
+        return None
+    raise ValueError(f"source {src.name}: set path or hub_id")
 
-        ds = datasets.load_dataset(src.hub_id, src.subset, split=src.split)
-        yield from dataset_records(ds, src.hub_id)
-    else:
-        raise ValueError(f"source {src.name}: set path or hub_id")
+
+def hub_records(src: Source) -> Iterator[tuple[str, object]]:
+    """``(where, record)`` of a hub dataset's split (the hub must be enabled)."""
+    import datasets
+
+    ds = datasets.load_dataset(src.hub_id, src.subset, split=src.split)
+    yield from dataset_records(ds, src.hub_id)
+
+
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+# a directory `datasets.save_to_disk` wrote (read as one dataset by the datasets library)
+SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def data_paths(src: Source, path: Path) -> list[Path]:
+    """What ``path`` reads as: itself (a file, a saved dataset), or, for any other directory,
+    its data files (``DATA_SUFFIXES``, at any depth) in name order."""
+    if not path.is_dir() or any((path / m).exists() for m in SAVED_MARKERS):
+        return [path]
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.name.endswith(DATA_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"source {src.name}: no data files ({DATA_SUFFIXES}) in {path}")
+    return files
+
+
+def _records(src: Source) -> Iterator[tuple[str, object]]:
+    path = resolve(src)
+    if path is None:
+        yield from hub_records(src)
+        return
+    for f in data_paths(src, path):
+        yield from read_records(f, src.split)
+
+
+def picked(total: int, limit: int | None, seed: int | None) -> range | list[int]:
+    """Which of a source's ``total`` records its ``limit`` keeps, in record order.
+
+    All of them without a limit (or a limit at or above the total); with ``seed``, a seeded
+    random sample; otherwise the first ``limit``.
+    """
+    if limit is None or limit >= total:
+        return range(total)
+    if seed is None:
+        return range(limit)
+    return sorted(random.Random(seed).sample(range(total), limit))
+
+
+def record_row(source: str, where: str, rec: object) -> dict:
+    """The row of one record: ``id, source, source_id, system, turns, answers``.
+
+    Raises:
+        Reject: The record is not a conversation (or was one already).
+    """
+    if isinstance(rec, Reject):
+        raise rec
+    conv = to_conversation(rec)
+    return {
+        "id": stable_id(source, conv),
+        "source": source,
+        "source_id": conv.source_id,
+        "system": conv.system,
+        "turns": list(conv.turns),
+        "answers": list(conv.answers),
+    }
+
+
+def input_reject(source: str, where: str, rec: object, exc: BaseException) -> dict:
+    """The reject record of a record that could not become a row (``stage: input``)."""
+    return {
+        "source": source,
+        "where": where,
+        "stage": "input",
+        "reason": str(exc) if isinstance(exc, Reject) else describe(exc),
+        # the raw record when it was parsed (None for a line that was not)
+        "record": jsonable(rec.record if isinstance(rec, Reject) else rec),
+    }
 
 
 def load_rows(sources: list[Source], limit: int | None = None) -> tuple[list[dict], list[dict]]:
@@ -105,45 +185,16 @@ def load_rows(sources: list[Source], limit: int | None = None) -> tuple[list[dic
     seen: dict[str, str] = {}
     for src in sources:
         records = list(_records(src))
-        if src.limit is not None and src.limit < len(records):
-            if src.sample_seed is not None:
-                picked = sorted(
-                    random.Random(src.sample_seed).sample(range(len(records)), src.limit)
-                )
-                records = [records[i] for i in picked]
-            else:
-                records = records[: src.limit]
+        records = [records[i] for i in picked(len(records), src.limit, src.sample_seed)]
         for where, rec in records:
             try:
-                if isinstance(rec, Reject):
-                    raise rec
-                conv = to_conversation(rec)
-                row_id = stable_id(src.name, conv)
-                if row_id in seen:
-                    raise Reject(f"duplicate of {seen[row_id]} (same source and content)")
+                row = record_row(src.name, where, rec)
+                if row["id"] in seen:
+                    raise Reject(f"duplicate of {seen[row['id']]} (same source and content)")
             except Exception as exc:  # a record can fail only itself
-                rejects.append(
-                    {
-                        "source": src.name,
-                        "where": where,
-                        "stage": "input",
-                        "reason": str(exc) if isinstance(exc, Reject) else describe(exc),
-                        # the raw record when it was parsed (None for a line that was not)
-                        "record": jsonable(rec.record if isinstance(rec, Reject) else rec),
-                    }
-                )
+                rejects.append(input_reject(src.name, where, rec, exc))
                 continue
-            seen[row_id] = where
-            if limit is not None and len(rows) >= limit:
-                continue
-            rows.append(
-                {
-                    "id": row_id,
-                    "source": src.name,
-                    "source_id": conv.source_id,
-                    "system": conv.system,
-                    "turns": list(conv.turns),
-                    "answers": list(conv.answers),
-                }
-            )
+            seen[row["id"]] = where
+            if limit is None or len(rows) < limit:
+                rows.append(row)
     return rows, rejects

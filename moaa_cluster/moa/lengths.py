@@ -15,7 +15,11 @@ from moaa_cluster.moa.mixture import Mixture, Step, plan_steps, step_parts
 
 
 def length_rejects(
-    rows: list[dict], mixture: Mixture, specs: dict[str, ModelSpec], defaults: dict
+    rows: list[dict],
+    mixture: Mixture,
+    specs: dict[str, ModelSpec],
+    defaults: dict,
+    fitters: dict | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Splits off rows whose own text cannot fit a model's context, whatever the answers.
 
@@ -24,8 +28,9 @@ def length_rejects(
     marker alone, plus the seat's ``max_tokens``, exceeds the model's ``max_model_len``
     (``ContextFitter.floor_check``). Longer answers are shortened at run time instead
     (``moaa_cluster.moa.budget``). Models without a local tokenizer are not checked.
+    ``fitters``: :func:`load_fitters` of ``specs``, when the caller keeps them loaded.
     """
-    fitters = load_fitters(specs)
+    fitters = load_fitters(specs) if fitters is None else fitters
     if not fitters:
         return rows, []
     return split_by_length(

@@ -1,7 +1,8 @@
 """The row frame every pipeline task streams its rows through (Ray Data, resumable).
 
-Rows stream through an actor pool of a task's worker class; finished blocks come back to the
-driver and are written as atomic parquet shards (:mod:`moaa_cluster.runs.shards`). The frame
+Rows stream through an actor pool of a task's worker class; each worker writes its finished
+blocks as atomic parquet shards (:mod:`moaa_cluster.runs.shards`) and sends the driver only
+their counts, so nothing row-sized travels back. The frame
 owns the bookkeeping columns every shard has (``error``, ``finished_at``, ``retries``): a task
 declares only its own columns with :func:`shard_schema`.
 """
@@ -24,6 +25,7 @@ from moaa_cluster.pipeline.progress import (
     tally_reader,
 )
 from moaa_cluster.runs.shards import write_shard
+from moaa_cluster.runs.storage import run_path
 
 # a chat message as TRL's conversational format has it
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -95,47 +97,48 @@ class PoolSettings:
 
 
 class _Counted:
-    """Ray Data actor around a task's worker: the worker's backends count their calls."""
+    """Ray Data actor around a task's worker: the worker's backends count their calls, and
+    every finished block is written here as a shard; only its counts go on."""
 
-    def __init__(self, worker_cls: type, worker_kwargs: dict, tally) -> None:
+    def __init__(
+        self, worker_cls: type, worker_kwargs: dict, tally, run_dir: str, schema: pa.Schema
+    ) -> None:
         self.worker = worker_cls(**worker_kwargs)
+        self.run_dir = run_path(run_dir)
+        self.schema = schema
         if getattr(self.worker, "backends", None):
             self.worker.backends = count_calls(self.worker.backends, tally)
 
     async def __call__(self, batch: pa.Table):
         try:
             async for out in self.worker(batch):
-                yield out
+                if out.num_rows == 0:
+                    continue
+                write_shard(self.run_dir, out.select(self.schema.names).cast(self.schema))
+                yield pa.table(
+                    {"rows": [out.num_rows], "failed": [out.num_rows - out["error"].null_count]}
+                )
         finally:
             flush_all(getattr(self.worker, "backends", None) or {})
 
 
-def _pipeline(table: pa.Table, worker_cls: type, worker_kwargs: dict, pool: PoolSettings, tally):
-    """The Ray Data plan: ``table`` in blocks, mapped by a pool of counted workers."""
-    import ray
+def _pipeline(ds, n_rows: int, job: dict, pool: PoolSettings):
+    """The Ray Data plan: ``ds`` in blocks, mapped by a pool of counted, writing workers."""
     from ray.data import ActorPoolStrategy
 
-    blocks, per_block, concurrent = block_plan(table.num_rows, pool.batch_size, pool.rows_per_block)
-    return (
-        ray.data.from_arrow(table)
-        .repartition(blocks)
-        .map_batches(
-            _Counted,
-            fn_constructor_kwargs={
-                "worker_cls": worker_cls,
-                "worker_kwargs": worker_kwargs,
-                "tally": tally,
-            },
-            batch_size=per_block,
-            batch_format="pyarrow",
-            # an async worker runs several blocks at once in its event loop
-            compute=ActorPoolStrategy(
-                size=max(1, min(pool.workers, -(-blocks // concurrent))),
-                max_tasks_in_flight_per_actor=concurrent,
-                max_concurrent_calls_per_actor=concurrent,
-            ),
-            num_cpus=pool.worker_cpus,
-        )
+    blocks, per_block, concurrent = block_plan(n_rows, pool.batch_size, pool.rows_per_block)
+    return ds.repartition(target_num_rows_per_block=per_block).map_batches(
+        _Counted,
+        fn_constructor_kwargs=job,
+        batch_size=per_block,
+        batch_format="pyarrow",
+        # an async worker runs several blocks at once in its event loop
+        compute=ActorPoolStrategy(
+            size=max(1, min(pool.workers, -(-blocks // concurrent))),
+            max_tasks_in_flight_per_actor=concurrent,
+            max_concurrent_calls_per_actor=concurrent,
+        ),
+        num_cpus=pool.worker_cpus,
     )
 
 
@@ -145,15 +148,39 @@ def stream_rows(
     worker_cls: type,
     worker_kwargs: dict,
     output_schema: pa.Schema,
-    run_dir: Path,
+    run_dir: Path | str,
     pool: PoolSettings,
 ) -> int:
-    """Streams ``rows`` through ``worker_cls`` actors; writes shards as blocks finish.
+    """:func:`stream_dataset` of a list of row dicts (``input_schema``): small inputs a task
+    built on the driver (prefs prompts, eval questions, a layered pass)."""
+    import ray
 
-    ``worker_cls(**worker_kwargs)`` must be an async callable taking and yielding a
-    ``pyarrow.Table`` batch with ``output_schema``'s columns. Each of the ``pool.workers``
-    actors keeps ``pool.batch_size`` rows in flight, as blocks of ``pool.rows_per_block``
-    rows (:func:`block_plan`) that run concurrently in the actor.
+    if not rows:
+        return 0
+    ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=input_schema))
+    job = StreamJob(worker_cls, worker_kwargs, output_schema, run_dir)
+    return stream_dataset(ds, len(rows), job, pool)
+
+
+@dataclass(frozen=True)
+class StreamJob:
+    """What runs the rows: ``worker_cls(**worker_kwargs)``, an async callable taking and
+    yielding a ``pyarrow.Table`` batch with ``output_schema``'s columns, whose blocks are
+    written as shards of ``run_dir``."""
+
+    worker_cls: type
+    worker_kwargs: dict
+    output_schema: pa.Schema
+    run_dir: Path | str
+
+
+def stream_dataset(ds, n_rows: int, job: StreamJob, pool: PoolSettings) -> int:
+    """Streams the ``n_rows`` rows of the Ray dataset ``ds`` through ``job``'s worker actors,
+    which write shards as blocks finish; the driver gets only each block's counts.
+
+    Each of the ``pool.workers`` actors keeps ``pool.batch_size`` rows in flight, as blocks of
+    ``pool.rows_per_block`` rows (:func:`block_plan`) that run concurrently in the actor.
+    Extra columns of ``ds`` are passed on to the worker.
 
     Returns:
         Number of rows written.
@@ -161,25 +188,30 @@ def stream_rows(
     import ray
     from ray.data import DataContext
 
-    if not rows:
+    if not n_rows:
         return 0
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # our own progress below counts calls and rows
     ctx.print_on_execution_start = False
     tally = ray.remote(num_cpus=0)(CallTally).remote() if pool.progress else None
-    table = pa.Table.from_pylist(rows, schema=input_schema)
-    ds = _pipeline(table, worker_cls, worker_kwargs, pool, tally)
+    actor_kwargs = {
+        "worker_cls": job.worker_cls,
+        "worker_kwargs": job.worker_kwargs,
+        "tally": tally,
+        "run_dir": str(job.run_dir),
+        "schema": job.output_schema,
+    }
+    stats = _pipeline(ds, n_rows, actor_kwargs, pool)
     written = 0
     reader = tally_reader(tally) if tally is not None else None
-    progress = Progress(pool.desc, len(rows), pool.calls, reader, enabled=pool.progress)
+    progress = Progress(pool.desc, n_rows, pool.calls, reader, enabled=pool.progress)
     try:
         with progress:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if batch.num_rows == 0:
-                    continue
-                write_shard(run_dir, batch.select(output_schema.names).cast(output_schema))
-                written += batch.num_rows
-                progress.rows_done(batch.num_rows)
+            for block in stats.iter_batches(batch_size=None, batch_format="pyarrow"):
+                n = sum(block["rows"].to_pylist())
+                written += n
+                if n:
+                    progress.rows_done(n)
     finally:
         if tally is not None:
             ray.kill(tally)

@@ -22,9 +22,15 @@ from moaa_cluster.engines.describe import model_record
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa.lengths import length_rejects
 from moaa_cluster.moa.mixture import Mixture, conversation, run_row
-from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, stream_rows
+from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, StreamJob, stream_dataset
+from moaa_cluster.pipeline.instructions import Instructions, RowCheck, open_instructions
 from moaa_cluster.pipeline.layered import LayeredJob, plan_passes, run_layered
-from moaa_cluster.pipeline.synth_outputs import SHARD_SCHEMA, summary_lines, write_outputs
+from moaa_cluster.pipeline.synth_outputs import (
+    SHARD_SCHEMA,
+    check_truncated_policy,
+    summary_lines,
+    write_outputs,
+)
 from moaa_cluster.runs.options import RunOptions
 from moaa_cluster.runs.task_run import TaskRun
 
@@ -57,6 +63,8 @@ class SynthSettings:
     rows_per_block: int | None = None  # None: frame.BLOCK_ROWS (benchmarks vary it)
     # rows whose final answer stopped at max_tokens: exclude (from sft.parquet) | keep
     truncated: str = "exclude"
+    # also write sft.parquet, one file (sft/, the parquet dataset, is written at any size)
+    single_file: bool = True
 
 
 class MixtureWorker(RowWorker):
@@ -95,33 +103,65 @@ class MixtureWorker(RowWorker):
         out["calls"] = calls
 
 
+class LengthCheck:
+    """Ray Data actor: drops rows whose own text cannot fit the mixture's prompts
+    (:func:`moaa_cluster.moa.lengths.length_rejects`), writing their rejects as a part."""
+
+    def __init__(self, rejects_dir: str, mixture: Mixture, specs: dict, defaults: dict):
+        from moaa_cluster.moa.fitters import load_fitters
+
+        self.rejects_dir = rejects_dir
+        self.args = (mixture, specs, defaults, load_fitters(specs))  # tokenizers once per actor
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import uuid
+
+        from moaa_cluster.data.input_stream import write_rejects_part
+
+        rows, rejects = length_rejects(batch.to_pylist(), *self.args)
+        write_rejects_part(self.rejects_dir, f"3-length-{uuid.uuid4().hex[:8]}", rejects)
+        return pa.Table.from_pylist(rows, schema=batch.schema)
+
+
 def run_rows(
-    rows: list[dict],
+    rows,
     mixture: Mixture,
     specs: dict[str, ModelSpec],
     settings: SynthSettings,
-    run_dir: Path,
+    run_dir: Path | str,
     progress: bool = True,
+    counts: tuple[int, int] | None = None,
 ) -> int:
-    """Streams ``rows`` through the mixture on Ray Data; returns rows written."""
-    return stream_rows(
-        rows,
-        INPUT_SCHEMA,
+    """Streams ``rows`` through the mixture on Ray Data; returns rows written.
+
+    ``rows``: a list of row dicts, or a ``ray.data.Dataset`` with ``counts`` = (its rows,
+    its turns in all).
+    """
+    import ray
+
+    if isinstance(rows, list):
+        counts = (len(rows), sum(len(r["turns"]) for r in rows))
+        rows = (
+            ray.data.from_arrow(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)) if rows else None
+        )
+    n_rows, turns = counts
+    job = StreamJob(
         MixtureWorker,
         {"mixture": mixture, "specs": specs, "settings": settings},
         SHARD_SCHEMA,
         run_dir,
-        PoolSettings(
-            batch_size=settings.batch_size,
-            workers=settings.workers,
-            worker_cpus=settings.worker_cpus,
-            desc="synth",
-            progress=progress,
-            rows_per_block=settings.rows_per_block,
-            # every seat of every layer answers every turn
-            calls=sum(len(r["turns"]) for r in rows) * sum(map(len, mixture.layers)),
-        ),
     )
+    pool = PoolSettings(
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        worker_cpus=settings.worker_cpus,
+        desc="synth",
+        progress=progress,
+        rows_per_block=settings.rows_per_block,
+        # every seat of every layer answers every turn
+        calls=turns * sum(map(len, mixture.layers)),
+    )
+    return stream_dataset(rows, n_rows, job, pool) if n_rows else 0
 
 
 def synthesize(
@@ -132,24 +172,45 @@ def synthesize(
     opts: RunOptions,
 ) -> dict:
     """Runs stage 1 end to end into ``opts.run_dir``; returns the manifest it writes."""
-    from moaa_cluster.data.sources import load_rows
+    from moaa_cluster.engines import host as engine_host
 
     run = TaskRun.open(opts, specs.values())
-    rows, rejects = load_rows(sources, opts.limit)
-    rows, too_long = length_rejects(rows, mixture, specs, settings.defaults)
-    rejects += too_long
-    todo = run.todo(rows)
-    log.info(
-        "%d rows valid, %d rejected on input, %d already done, %d to run",
-        len(rows),
-        len(rejects),
-        len(rows) - len(todo),
-        len(todo),
+    check_truncated_policy(settings.truncated)
+    # the planner refuses a mixture that cannot run before Ray or any engine starts
+    capacity = engine_host.preflight_capacity(opts.cluster, specs)
+    resident = plan_passes(mixture, capacity, settings.execution, 1) is None
+    with engine_host.hosting(
+        opts.cluster, keep=opts.keep_engines, timings=run.timings, report=run.ray
+    ) as host:
+        found = open_instructions(
+            sources,
+            run.run_dir,
+            limit=opts.limit,
+            check=RowCheck(
+                LengthCheck,
+                {"mixture": mixture, "specs": specs, "defaults": settings.defaults},
+                workers=settings.workers,
+                cpus=settings.worker_cpus,
+            ),
+        )
+        run.timings.update(found.timings)
+        log.info(
+            "%d rows valid, %d already done, %d to run",
+            found.valid,
+            found.valid - found.todo_rows,
+            found.todo_rows,
+        )
+        passes = None if resident else plan_passes(mixture, capacity, "layered", found.max_turns)
+        _generate(found, mixture, specs, settings, run, host, passes)
+        t0 = time.monotonic()
+        counts = write_outputs(run.run_dir, mixture, settings.truncated, settings.single_file)
+        run.timings["write"] = time.monotonic() - t0
+    counts.update(
+        {
+            "rows_in": found.valid + counts["rejects_input"],
+            "rows_resumed": found.valid - found.todo_rows,
+        }
     )
-    run.timings["read"] = run.elapsed()
-    passes = _generate(todo, mixture, specs, settings, run)
-    counts = write_outputs(run.run_dir, mixture, rejects, settings.truncated)
-    counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
     manifest = run.save_manifest(
         "synth",
         counts,
@@ -159,51 +220,54 @@ def synthesize(
             "execution": "resident" if passes is None else [p.label for p in passes],
         },
     )
-    for line in summary_lines(counts, run.timings, run.run_dir):
+    for line in summary_lines(counts, run.timings, run.run_dir, settings.single_file):
         print(line, flush=True)
     return manifest
 
 
 def _generate(
-    todo: list[dict],
+    found: Instructions,
     mixture: Mixture,
     specs: dict[str, ModelSpec],
     settings: SynthSettings,
     run: TaskRun,
-) -> list | None:
-    """Runs the ``todo`` rows into the run's shards, with every engine resident or layer by
-    layer as the planner decides; returns the passes (None: resident, or nothing to do)."""
-    from moaa_cluster.engines import host as engine_host
-
-    if not todo:
-        return None
-    # the planner decides before Ray or any engine starts: resident, layered, or refused
-    passes = plan_passes(
-        mixture,
-        engine_host.preflight_capacity(run.opts.cluster, specs),
-        settings.execution,
-        max(len(r["turns"]) for r in todo),
-    )
+    host,
+    passes: list | None,
+) -> None:
+    """Runs the rows left to do into the run's shards, every engine resident (``passes``
+    None) or pass by pass."""
+    if not found.todo_rows:
+        return
     opts = run.opts
-    with engine_host.hosting(
-        opts.cluster, keep=opts.keep_engines, timings=run.timings, report=run.ray
-    ) as host:
-        if passes is None:  # (plan_passes ran the pre-flight check on all engines)
-            host.use(list(specs.values()))
-            t0 = time.monotonic()
-            try:
-                run_rows(todo, mixture, specs, settings, run.run_dir, progress=opts.progress)
-            finally:
-                run.timings["generation"] = time.monotonic() - t0
-            return None
+    t0 = time.monotonic()
+    if passes is None:
+        host.use(list(specs.values()))
         t0 = time.monotonic()
         try:
-            job = LayeredJob(mixture, specs, settings, INPUT_SCHEMA, SHARD_SCHEMA)
-            run_layered(todo, job, passes, host, opts)
+            run_rows(
+                found.todo,
+                mixture,
+                specs,
+                settings,
+                run.run_dir,
+                progress=opts.progress,
+                counts=(found.todo_rows, found.turns),
+            )
         finally:
-            # engine start-up is summed over the passes' swaps
-            run.timings["generation"] = time.monotonic() - t0 - run.timings.get("engine_start", 0)
-    return passes
+            run.timings["generation"] = time.monotonic() - t0
+        return
+    try:
+        # a pass keeps every row's answers between passes: the layered path holds the rows
+        todo = [
+            r
+            for b in found.todo.iter_batches(batch_size=None, batch_format="pyarrow")
+            for r in b.select(INPUT_SCHEMA.names).to_pylist()
+        ]
+        job = LayeredJob(mixture, specs, settings, INPUT_SCHEMA, SHARD_SCHEMA)
+        run_layered(todo, job, passes, host, opts)
+    finally:
+        # engine start-up is summed over the passes' swaps
+        run.timings["generation"] = time.monotonic() - t0 - run.timings.get("engine_start", 0)
 
 
 def mixture_record(mixture: Mixture, defaults: dict) -> dict:

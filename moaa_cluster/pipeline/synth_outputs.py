@@ -10,6 +10,7 @@ default) such rows are kept out of ``sft.parquet``, which trains the model, and 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,9 +18,15 @@ import pyarrow as pa
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import Mixture
 from moaa_cluster.pipeline.frame import MESSAGE, shard_schema
-from moaa_cluster.runs.files import write_parquet_atomic
-from moaa_cluster.runs.shards import consolidate
-from moaa_cluster.runs.task_run import write_rejects
+from moaa_cluster.pipeline.synth_counts import (  # noqa: F401  (re-exported)
+    block_counts,
+    final_answer_truncated,
+    merge_counts,
+    run_counts,
+    truncated_flags,
+)
+from moaa_cluster.runs import storage
+from moaa_cluster.runs.datasets import concat_rejects, remove_outputs, write_dataset
 
 CALL = pa.struct(
     [
@@ -58,11 +65,6 @@ TRUNCATED_POLICIES = ("exclude", "keep")
 TRUNCATED_FILE = "sft_truncated.parquet"
 
 
-def final_answer_truncated(calls: list[dict], final_layer: int) -> bool:
-    """Whether some turn's final answer (the last layer's call) stopped at ``max_tokens``."""
-    return any(c["layer"] == final_layer and c["finish_reason"] == "length" for c in calls)
-
-
 def check_truncated_policy(policy: str) -> str:
     if policy not in TRUNCATED_POLICIES:
         raise ConfigError(f"synth truncated: {policy!r} is not one of {list(TRUNCATED_POLICIES)}")
@@ -75,85 +77,187 @@ def _sft_table(rows: list[dict]) -> pa.Table:
     )
 
 
-def write_outputs(
-    run_dir: Path, mixture: Mixture, input_rejects: list[dict], truncated: str = "exclude"
-) -> dict:
-    """Consolidates shards into ``sft.parquet`` (and ``sft_truncated.parquet`` when
-    ``truncated`` is ``exclude`` and some final answer was cut off) and ``rejects.jsonl``;
-    returns counts."""
-    check_truncated_policy(truncated)
-    run_dir = Path(run_dir)
-    ok, failed = consolidate(run_dir)
-    ok.sort(key=lambda r: (r["source"], r["id"]))
-    final_layer = len(mixture.layers) - 1
-    for r in ok:
-        r["truncated"] = final_answer_truncated(r["calls"], final_layer)
-    excluded = truncated == "exclude"
-    cut = [r for r in ok if excluded and r["truncated"]]
-    kept = [r for r in ok if not (excluded and r["truncated"])]
-    write_parquet_atomic(_sft_table(kept), run_dir / "sft.parquet")
-    if cut:
-        write_parquet_atomic(_sft_table(cut), run_dir / TRUNCATED_FILE)
-    else:  # a rerun that keeps them (or has none) leaves no stale file behind
-        (run_dir / TRUNCATED_FILE).unlink(missing_ok=True)
-    write_rejects(
-        run_dir,
-        input_rejects,
-        [
-            {
-                "source": r["source"],
-                "where": r["id"],
-                "stage": "inference",
-                "reason": r["error"],
-                "record": {"turns": r["turns"], "system": r["system"]},
-            }
-            for r in failed
-        ],
-    )
-    counts = run_counts(ok, failed, input_rejects)
-    counts["rows_truncated"] = sum(r["truncated"] for r in ok)
-    counts["rows_truncated_excluded"] = len(cut)
-    counts["rows_sft"] = len(kept)
-    return counts
+SFT_DIR = "sft"  # the parquet dataset (a directory of files): the output at any size
+SFT_FILE = "sft.parquet"  # one consolidated file (single_file: the small-run option)
+TRUNCATED_DIR = "sft_truncated"
 
 
-def _tokens_per_model(ok: list[dict]) -> dict[str, dict[str, int]]:
-    tokens: dict[str, dict[str, int]] = {}
-    for r in ok:
-        for c in r["calls"]:
-            t = tokens.setdefault(
-                c["model"], {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
-            )
-            t["calls"] += 1
-            t["prompt_tokens"] += c["prompt_tokens"]
-            t["completion_tokens"] += c["completion_tokens"]
-    return tokens
+def read_shards(batch: pa.Table) -> pa.Table:
+    """Ray Data step: the shard files named in ``batch`` as one table of ``SHARD_SCHEMA``
+    (read together, multi-threaded; a shard written before a field existed reads that field
+    as null)."""
+    import pyarrow.dataset as pads
+
+    paths = batch["path"].to_pylist()
+    fs, _ = storage.filesystem(paths[0])
+    local = [storage.filesystem(p)[1] for p in paths]
+    try:
+        return pads.dataset(local, format="parquet", filesystem=fs, schema=SHARD_SCHEMA).to_table()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):  # an older shard schema
+        tables = []
+        for p in local:
+            t = pads.dataset(p, format="parquet", filesystem=fs).to_table()
+            tables.append(pa.Table.from_pylist(t.to_pylist(), schema=SHARD_SCHEMA))
+        return pa.concat_tables(tables)
 
 
-def run_counts(ok: list[dict], failed: list[dict], input_rejects: list[dict]) -> dict:
-    """The manifest's counts: rows, tokens per model, finish reasons, contexts cut to fit."""
-    finish = {}
-    for r in ok:
-        for c in r["calls"]:
-            finish[c["finish_reason"]] = finish.get(c["finish_reason"], 0) + 1
-    # calls whose carried answers were shortened to fit (shards from before have no `context`)
-    cut = [sum(1 for c in r["calls"] if c.get("context")) for r in ok]
+def finished_block(batch: pa.Table, final_layer: int) -> pa.Table:
+    """A block of finished rows (``error`` null) as SFT rows, ``truncated`` flagged."""
+    import pyarrow.compute as pc
+
+    done = batch.filter(pc.is_null(batch["error"])).select(list(SFT_COLUMNS))
+    return done.append_column("truncated", truncated_flags(done, final_layer)).cast(SFT_SCHEMA)
+
+
+def _failures(failed: list[dict], finished) -> list[dict]:
+    """The reject records of rows that failed and never finished (the last failure each)."""
+    done = set(finished.to_pylist())
+    last = {
+        r["id"]: r
+        for r in sorted(failed, key=lambda r: r["finished_at"] or 0.0)
+        if r["id"] not in done
+    }
+    return [
+        {
+            "source": r["source"],
+            "where": r["id"],
+            "stage": "inference",
+            "reason": r["error"],
+            "record": {"turns": r["turns"], "system": r["system"]},
+            "retried": bool(r.get("retries")),  # counted, then dropped from the record
+        }
+        for r in last.values()
+    ]
+
+
+def _shards(files: list[str]):
+    """The shard files as a Ray dataset (read by tasks, 64 files each)."""
+    import ray
+
+    return ray.data.from_items(
+        [{"path": f} for f in files], override_num_blocks=max(1, len(files) // 64)
+    ).map_batches(read_shards, batch_format="pyarrow", batch_size=64)
+
+
+_FAILED_COLUMNS = ["id", "source", "turns", "system", "error", "finished_at", "retries"]
+
+
+def _block_summary(batch: pa.Table, final_layer: int, excluded: bool) -> dict:
+    """One row per block: its counts and its failed rows (JSON; failures are few)."""
+    import pyarrow.compute as pc
+
+    failed = batch.filter(pc.is_valid(batch["error"])).select(_FAILED_COLUMNS).to_pylist()
     return {
-        "rows_ok": len(ok),
-        "rows_failed": len(failed),
-        "rejects_input": len(input_rejects),
-        "multi_turn_rows": sum(1 for r in ok if len(r["turns"]) > 1),
-        # shards written before the column existed have no `retries`
-        "rows_retried": sum(1 for r in ok + failed if r.get("retries")),
-        "tokens_per_model": _tokens_per_model(ok),
-        "finish_reasons": finish,
-        "calls_with_cut_context": sum(cut),
-        "rows_with_cut_context": sum(1 for n in cut if n),
-        "rows_failed_context": sum(1 for r in failed if r["error"].startswith("ContextOverflow")),
+        "counts": [json.dumps(block_counts(batch, final_layer, excluded))],
+        "failed": [json.dumps(failed)],
     }
 
 
-def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
+def _summarize(shards, final_layer: int, excluded: bool) -> tuple[dict, list[dict]]:
+    """The run's counts and failed rows, from one pass over the shards."""
+    blocks = shards.map_batches(
+        _block_summary,
+        fn_kwargs={"final_layer": final_layer, "excluded": excluded},
+        batch_format="pyarrow",
+    ).take_all()
+    counts = merge_counts([json.loads(b["counts"]) for b in blocks])
+    return counts, [r for b in blocks for r in json.loads(b["failed"])]
+
+
+ROWS_PER_FILE = 20_000  # rows per file of sft/: the sort's and the writers' parallelism
+
+
+def _sorted(block: pa.Table) -> pa.Table:
+    return block.sort_by([("source", "ascending"), ("id", "ascending")])
+
+
+def _write_sft(
+    shards, run_dir, counts: dict, final_layer: int, split_cut: bool, single_file: bool
+) -> None:
+    """The finished rows as ``sft/`` (and, ``split_cut``, the cut-off ones as
+    ``sft_truncated/``), sorted by source and id, about :data:`ROWS_PER_FILE` rows a file."""
+    files = max(1, -(-counts["rows_ok"] // ROWS_PER_FILE))
+    sft = (
+        shards.map_batches(
+            finished_block, fn_kwargs={"final_layer": final_layer}, batch_format="pyarrow"
+        )
+        # few, large blocks: a sort's tasks grow with its blocks (a 4-row shard is a block)
+        .repartition(files)
+    )
+    if files == 1:  # one block: sorting it is the global sort, in one task
+        sft = sft.map_batches(_sorted, batch_size=None, batch_format="pyarrow")
+    else:
+        sft = sft.sort(["source", "id"])
+    sft = sft.materialize()  # in the object store, for the writes below
+    _write(_where(sft, False) if split_cut else sft, run_dir, SFT_DIR, SFT_FILE, single_file)
+    if split_cut:
+        _write(_where(sft, True), run_dir, TRUNCATED_DIR, TRUNCATED_FILE, single_file)
+
+
+def _where(sft, truncated: bool):
+    """The rows of ``sft`` whose ``truncated`` flag is ``truncated``."""
+    import pyarrow.compute as pc
+
+    def pick(b: pa.Table) -> pa.Table:
+        flag = b["truncated"]
+        return b.filter(flag if truncated else pc.invert(flag))
+
+    return sft.map_batches(pick, batch_format="pyarrow")
+
+
+def _write(ds, run_dir: Path | str, directory: str, single: str, single_file: bool) -> None:
+    path = storage.join(run_dir, single)
+    if not single_file:
+        storage.remove(path)
+    write_dataset(ds, storage.join(run_dir, directory), path if single_file else None, SFT_SCHEMA)
+
+
+def write_outputs(
+    run_dir: Path | str,
+    mixture: Mixture,
+    truncated: str = "exclude",
+    single_file: bool = True,
+) -> dict:
+    """Writes the run's outputs from its shards with Ray Data (Ray must be up); returns counts.
+
+    ``sft/`` (a parquet dataset, rows sorted by source and id) holds the finished rows;
+    with ``truncated: exclude`` the ones whose final answer was cut off go to
+    ``sft_truncated/`` instead. ``single_file`` adds ``sft.parquet`` (and
+    ``sft_truncated.parquet``) as one file each, copied from the directories a row group at a
+    time. ``rejects.jsonl``: the input rejects the read tasks wrote, then the rows that failed
+    in inference.
+    """
+    from moaa_cluster.runs.shards import finished_id_array, shard_dir
+
+    check_truncated_policy(truncated)
+    run_dir = storage.run_path(run_dir)
+    files = [str(f) for f in storage.list_files(shard_dir(run_dir), ".parquet")]
+    final_layer = len(mixture.layers) - 1
+    excluded = truncated == "exclude"
+    counts, failures = run_counts([], [], []), []
+    if files:
+        shards = _shards(files).materialize()  # read once, for the counts and the writes
+        counts, failed = _summarize(shards, final_layer, excluded)
+        failures = _failures(failed, finished_id_array(run_dir))
+        split_cut = excluded and bool(counts["rows_truncated_excluded"])
+        _write_sft(shards, run_dir, counts, final_layer, split_cut, single_file)
+    else:
+        _write(None, run_dir, SFT_DIR, SFT_FILE, single_file)
+    if not counts.get("rows_truncated_excluded"):  # none now: nothing stale left behind
+        remove_outputs(storage.join(run_dir, TRUNCATED_DIR), storage.join(run_dir, TRUNCATED_FILE))
+    counts["rows_retried"] += sum(1 for r in failures if r.pop("retried", False))
+    counts["rows_failed"] = len(failures)
+    counts["rows_failed_context"] = sum(r["reason"].startswith("ContextOverflow") for r in failures)
+    counts["rejects_input"] = concat_rejects(run_dir, failures)
+    counts.setdefault("rows_truncated", 0)
+    counts.setdefault("rows_truncated_excluded", 0)
+    counts.setdefault("rows_sft", counts["rows_ok"])
+    return counts
+
+
+def summary_lines(
+    counts: dict, timings: dict, run_dir: Path | str, single_file: bool = True
+) -> list[str]:
     lines = [
         f"rows: {counts['rows_ok']} ok ({counts['multi_turn_rows']} multi-turn), "
         f"{counts['rows_failed']} failed in inference, {counts['rejects_input']} rejected on input",
@@ -188,7 +292,9 @@ def summary_lines(counts: dict, timings: dict, run_dir: Path) -> list[str]:
     lines.append("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     rows_sft = counts.get("rows_sft", counts["rows_ok"])
     lines.append(
-        f"output: {Path(run_dir) / 'sft.parquet'} ({rows_sft} rows)  (rejects: rejects.jsonl)"
+        f"output: {storage.join(run_dir, SFT_DIR)}/ ({rows_sft} rows; a parquet dataset, "
+        f"{'also as sft.parquet' if single_file else 'no single file'})  "
+        "(rejects: rejects.jsonl)"
     )
     if counts["rows_failed"]:
         lines.append(

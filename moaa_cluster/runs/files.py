@@ -56,17 +56,22 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
     raw record) is written with ``\\uXXXX`` escapes instead, which reads back to the same
     strings.
     """
-    with open(path, "a", encoding="utf-8") as fh:
+    with open(path, "ab") as fh:
         for rec in records:
-            try:
-                line = json.dumps(rec, ensure_ascii=False, default=str)
-            except Exception:  # a value JSON cannot encode (nested too deep, ...): its repr
-                rec = {k: jsonable(v) for k, v in rec.items()}
-                line = json.dumps(rec, ensure_ascii=False)
-            try:
-                fh.write(line + "\n")
-            except UnicodeEncodeError:  # raised before anything is written
-                fh.write(json.dumps(rec, default=str) + "\n")
+            fh.write(jsonl_line(rec))
+
+
+def jsonl_line(rec: dict) -> bytes:
+    """One record as a JSONL line, UTF-8 (see :func:`append_jsonl` for the fallbacks)."""
+    try:
+        line = json.dumps(rec, ensure_ascii=False, default=str)
+    except Exception:  # a value JSON cannot encode (nested too deep, ...): its repr
+        rec = {k: jsonable(v) for k, v in rec.items()}
+        line = json.dumps(rec, ensure_ascii=False)
+    try:
+        return (line + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: \uXXXX escapes read back the same
+        return (json.dumps(rec, default=str) + "\n").encode("utf-8")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -14,11 +14,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moaa_cluster.runs.files import check_writable, write_parquet_atomic
+from moaa_cluster.runs import storage
+from moaa_cluster.runs.files import check_writable
 
 
-def shard_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "shards"
+def shard_dir(run_dir: Path | str) -> Path | str:
+    return storage.join(run_dir, "shards")
 
 
 def finished_ids(run_dir: Path) -> set[str]:
@@ -31,11 +32,29 @@ def finished_ids(run_dir: Path) -> set[str]:
     return done
 
 
-def write_shard(run_dir: Path, table: pa.Table) -> Path:
-    """Writes one shard of finished rows atomically."""
+def finished_id_array(run_dir: str | Path) -> pa.Array:
+    """The ids of the run's finished rows, read from the shards' ``id``/``error`` columns
+    only (sorted, unique): what a rerun skips. Runs where the shards are (a Ray task)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
     d = shard_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    return write_parquet_atomic(table, d / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet")
+    files = storage.list_files(d, ".parquet")
+    if not files:
+        return pa.array([], pa.string())
+    fs, _ = storage.filesystem(d)
+    paths = [storage.filesystem(f)[1] for f in files]
+    table = pads.dataset(paths, format="parquet", filesystem=fs).to_table(
+        columns=["id"], filter=pc.field("error").is_null()
+    )
+    return pc.unique(table["id"]).sort()
+
+
+def write_shard(run_dir: Path | str, table: pa.Table) -> Path | str:
+    """Writes one shard of finished rows atomically (locally or on object storage)."""
+    path = storage.join(shard_dir(run_dir), f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet")
+    storage.write_parquet(table, path)
+    return path
 
 
 def consolidate(run_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -56,16 +75,21 @@ def consolidate(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return done, failed
 
 
-def open_run(run_dir: Path, specs, *, overwrite: bool = False) -> Path:
+def open_run(run_dir: Path | str, specs, *, overwrite: bool = False) -> Path | str:
     """Readies ``run_dir`` for a resumable run before anything starts.
 
     Deletes it first with ``overwrite`` (otherwise its shards are resumed), checks that it
     can be written, and validates every model spec (paths present, backend settings sane).
     """
-    run_dir = Path(run_dir)
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    check_writable(run_dir)
+    run_dir = storage.run_path(run_dir)
+    if storage.is_uri(run_dir):
+        if overwrite:
+            storage.remove(run_dir)
+        storage.check_writable(run_dir)
+    else:
+        if overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        check_writable(run_dir)
     for spec in specs:
         spec.validate()
     return run_dir

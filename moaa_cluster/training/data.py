@@ -19,6 +19,9 @@ from moaa_cluster.errors import ConfigError
 
 # the file a stage run directory hands to the next stage
 RUN_FILES = {"sft": "sft.parquet", "dpo": "prefs.parquet"}
+# the parquet dataset directory a stage writes at any size (synth: ``sft/``), read when the
+# single file was not written (``single_file=false``)
+RUN_DIRS = {"sft": "sft"}
 COLUMNS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
 ROLES = {"system", "user", "assistant"}
 
@@ -27,6 +30,9 @@ def resolve_path(kind: str, path: str | Path) -> Path:
     """A file, or a run directory of the stage that produces ``kind``'s data."""
     p = Path(path)
     if p.is_dir():
+        dataset_dir = p / RUN_DIRS.get(kind, RUN_FILES[kind])
+        if not (p / RUN_FILES[kind]).exists() and dataset_dir.is_dir():
+            return dataset_dir
         if not (p / RUN_FILES[kind]).exists():
             raise ConfigError(
                 f"{p} is a directory without {RUN_FILES[kind]}: give a "
@@ -39,7 +45,10 @@ def resolve_path(kind: str, path: str | Path) -> Path:
 
 
 def _read(path: Path) -> list[tuple[str, object]]:
-    """``(where, record or Reject)`` for every record of a training data file."""
+    """``(where, record or Reject)`` for every record of a training data file (or of every
+    file of a parquet dataset directory)."""
+    if path.is_dir():
+        return [rec for f in sorted(path.glob("*.parquet")) for rec in _read(f)]
     if path.suffix not in (".parquet", ".jsonl", ".json") and not path.name.endswith(".jsonl.gz"):
         raise ConfigError(f"{path}: training data must be .parquet, .jsonl(.gz) or .json")
     try:

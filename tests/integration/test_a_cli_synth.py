@@ -113,6 +113,10 @@ def test_cli_synth_end_to_end(tmp_path: Path, models_dir: Path):
     ds = datasets.load_dataset("parquet", data_files=files, split="train")  # both files
     assert ds.num_rows == 3 and ds[0]["messages"][0]["role"] == "user"
     assert sum(ds["truncated"]) == len(cut)
+    # the same rows as parquet datasets (directories written by the Ray Data workers)
+    by_dir = datasets.load_dataset("parquet", data_dir=str(run_dir / "sft"), split="train")
+    assert sorted(by_dir["id"]) == sorted(r["id"] for r in kept)
+    assert (run_dir / "sft_truncated").is_dir() is bool(cut)
     from moaa_cluster.pipeline.derive import derive
 
     combined = derive(rows, "combined")

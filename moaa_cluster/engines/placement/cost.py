@@ -28,11 +28,14 @@ class Costing:
         table: Throughput figures (``conf/throughput``).
         rows: Instructions to estimate for.
         tokens_note: How generated tokens were counted, shown with the estimate.
+        calls_per_cpu: Model calls/s the orchestration (reading, Ray Data, writing) sustains
+            per worker CPU, measured (``benchmarks/orchestration.py``); None: not said.
     """
 
     table: ThroughputTable
     rows: int
     tokens_note: str = ""
+    calls_per_cpu: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,16 @@ class Estimate:
     throughput: str
     tokens_note: str
     missing: tuple[str, ...] = ()
+    calls_per_cpu: float | None = None
+
+    @property
+    def calls_per_s(self) -> float | None:
+        """Model calls/s the engines take at their figures: every call over the time spent
+        generating (the wall time without engine loads)."""
+        if self.wall_hours is None or self.load_hours is None:
+            return None
+        seconds = (self.wall_hours - self.load_hours) * 3600
+        return sum(c.calls for c in self.engines) / seconds if seconds > 0 else None
 
 
 def _step_tokens(workload: Workload) -> dict[tuple[int, int], dict[str, tuple[float, float]]]:
@@ -109,6 +122,7 @@ def estimate(
         throughput=costing.table.name,
         tokens_note=costing.tokens_note,
         missing=tuple(missing),
+        calls_per_cpu=costing.calls_per_cpu,
     )
     if missing:
         return Estimate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from moaa_cluster.engines.placement.planner import Plan
@@ -155,7 +156,27 @@ def _estimate_lines(p: Plan) -> list[str]:
         )
     if p.replica_estimate is not None:
         lines.append(_replica_line(p))
+    line = orchestration_line(est)
+    if line:
+        lines.append(line)
     return lines
+
+
+def orchestration_line(est) -> str | None:
+    """The orchestration rate the run needs: the calls/s its engines take, against the measured
+    ceiling per worker CPU, and the worker CPUs that makes."""
+    need = est.calls_per_s
+    if need is None:
+        return None
+    text = f"  orchestration: the engines take ~{need:,.1f} model calls/s"
+    if not est.calls_per_cpu:
+        return text + " (no measured ceiling: set orchestration_calls_per_cpu)"
+    cpus = max(1, math.ceil(need / est.calls_per_cpu))
+    return (
+        f"{text}; measured ceiling {est.calls_per_cpu:,.0f} calls/s per worker CPU "
+        f"(benchmarks/orchestration.py) -> {cpus} worker CPU{'s' if cpus > 1 else ''} "
+        "(cluster.workers x the pool's CPUs) keep them busy"
+    )
 
 
 def _replica_line(p: Plan) -> str:

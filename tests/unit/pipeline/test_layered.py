@@ -279,7 +279,7 @@ def _finished(row: dict, calls: list[dict]) -> dict:
     }
 
 
-def test_shards_written_before_the_context_field_still_resume_and_consolidate(tmp_path):
+def test_shards_written_before_the_context_field_still_resume_and_consolidate(tmp_path, ray_local):
     from moaa_cluster.pipeline.synth_outputs import summary_lines, write_outputs
     from moaa_cluster.runs.shards import finished_ids, write_shard
 
@@ -307,7 +307,7 @@ def test_shards_written_before_the_context_field_still_resume_and_consolidate(tm
     write_shard(tmp_path, pa.Table.from_pylist([new_row], schema=SHARD_SCHEMA))
 
     assert finished_ids(tmp_path) == {"r0", "r1", "r2", "r3"}
-    counts = write_outputs(tmp_path, m, [])
+    counts = write_outputs(tmp_path, m)
     assert counts["rows_ok"] == 4 and counts["rows_failed"] == 0
     assert counts["calls_with_cut_context"] == 1 and counts["rows_with_cut_context"] == 1
     assert "context: 1 calls in 1 rows had carried answers shortened" in "\n".join(
@@ -321,7 +321,7 @@ def test_shards_written_before_the_context_field_still_resume_and_consolidate(tm
     assert by_id["r3"]["calls"][0]["context"] == cut_call["context"]
 
 
-def test_rows_that_cannot_fit_are_counted_and_said_in_the_summary(tmp_path):
+def test_rows_that_cannot_fit_are_counted_and_said_in_the_summary(tmp_path, ray_local):
     from moaa_cluster.pipeline.synth_outputs import summary_lines, write_outputs
     from moaa_cluster.runs.shards import write_shard
 
@@ -332,7 +332,7 @@ def test_rows_that_cannot_fit_are_counted_and_said_in_the_summary(tmp_path):
         "error": "ContextOverflow: turn 1, layer 2, seat 0: prompt too long for agg",
     }
     write_shard(tmp_path, pa.Table.from_pylist([failed], schema=SHARD_SCHEMA))
-    counts = write_outputs(tmp_path, mix(["p1"], ["agg"]), [])
+    counts = write_outputs(tmp_path, mix(["p1"], ["agg"]))
     assert (counts["rows_failed"], counts["rows_failed_context"]) == (1, 1)
     assert counts["calls_with_cut_context"] == 0
     text = "\n".join(summary_lines(counts, {}, tmp_path))

@@ -128,8 +128,11 @@ def test_planned_comparisons_are_what_the_plans_run(n):
         assert planned_comparisons(name, n) == ran, (name, n)
 
 
-def test_the_frames_worker_wrapper_counts_every_backend_call_and_flushes_at_the_batch_end():
+def test_the_frames_worker_wrapper_counts_every_backend_call_and_flushes_at_the_batch_end(
+    tmp_path,
+):
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from moaa_cluster.pipeline.frame import _Counted
 
@@ -144,17 +147,24 @@ def test_the_frames_worker_wrapper_counts_every_backend_call_and_flushes_at_the_
                 await self.backends["b"].chat([], {"n": 3})
             yield batch
 
+    schema = pa.schema([("id", pa.string()), ("error", pa.string())])
     tally = CallTally()
-    wrapped = _Counted(Worker, {"n": 2}, _Remote(tally))
+    wrapped = _Counted(Worker, {"n": 2}, _Remote(tally), str(tmp_path), schema)
     assert all(isinstance(b, CountingBackend) for b in wrapped.worker.backends.values())
 
     async def drain():
-        return [b async for b in wrapped(pa.table({"id": ["x"]}))]
+        return [b async for b in wrapped(pa.table({"id": ["x", "y"], "error": [None, "boom"]}))]
 
     out = asyncio.run(drain())
-    assert out[0].num_rows == 1
+    # the worker wrote the block as a shard; only its counts went on
+    assert [r for t in out for r in t.to_pylist()] == [{"rows": 2, "failed": 1}]
+    (shard,) = (tmp_path / "shards").glob("*.parquet")
+    assert pq.read_table(shard).to_pylist() == [
+        {"id": "x", "error": None},
+        {"id": "y", "error": "boom"},
+    ]
     assert tally.read() == (4, 10)  # flushed when the batch ended, within the interval
-    plain = _Counted(Worker, {"n": 1}, None)  # progress off: backends untouched
+    plain = _Counted(Worker, {"n": 1}, None, str(tmp_path), schema)  # progress off: untouched
     assert isinstance(plain.worker.backends["a"], _Echo)
 
 

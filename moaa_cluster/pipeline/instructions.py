@@ -1,0 +1,200 @@
+"""The Ray Data plan that reads a task's instructions and leaves the rows still to run.
+
+read units -> validate (read tasks write their rejects) -> a task's own row check (an actor
+pool, e.g. synth's context-length floor; it writes its rejects) -> materialized in the object
+store -> duplicates dropped (``groupby("id").count()``) -> the run's ``limit`` -> the rows an
+earlier run of the directory finished dropped (their ids read from the shards' ``id`` column
+by a Ray task, then a vectorized ``is_in`` in each block). The driver holds dataset handles and
+counts; the per-row work and the files are the workers'. See :mod:`moaa_cluster.data.input_stream`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from moaa_cluster.data import input_stream as stream
+from moaa_cluster.data.sources import Source
+from moaa_cluster.runs import storage
+from moaa_cluster.runs.datasets import REJECTS_DIR
+from moaa_cluster.runs.shards import finished_id_array
+
+MAX_SHUFFLE_PARTITIONS = 64
+
+
+@dataclass
+class Instructions:
+    """What :func:`open_instructions` found.
+
+    Attributes:
+        todo: The rows to run (a lazy ``ray.data.Dataset``; ``_unit``/``_rec`` keep read order).
+        valid: Rows after validation, checks, duplicates and the run limit.
+        todo_rows: Rows of ``todo``; ``turns``: their turns in all.
+        timings: ``read`` (read, validate, check, deduplicate) and ``resume_scan`` seconds.
+    """
+
+    todo: object
+    valid: int
+    todo_rows: int
+    turns: int
+    max_turns: int = 1
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """A task's per-row check, run by an actor pool: ``cls(rejects_dir=..., **kwargs)`` is
+    called on a ``pyarrow.Table`` batch and returns the rows that pass (writing the rest as
+    rejects); ``workers`` actors of ``cpus`` CPUs each."""
+
+    cls: type
+    kwargs: dict
+    workers: int = 1
+    cpus: float = 1.0
+
+
+def _units(sources: list[Source]) -> list[stream.Unit]:
+    units: list[stream.Unit] = []
+    for src in sources:
+        units += stream.source_units(src, len(units))
+    return units
+
+
+def _picks(sources: list[Source], units: list[stream.Unit]) -> dict:
+    """Per unit of a source with a ``limit``, the record indices it keeps (counting pass)."""
+    import ray
+
+    limited = {s.name for s in sources if s.limit is not None}
+    todo = [u for u in units if u.source in limited]
+    if not todo:
+        return {}
+    counted = (
+        ray.data.from_items(stream.units_json(todo))
+        .map_batches(stream.count_units, batch_size=1)
+        .take_all()
+    )
+    counts = {r["index"]: r["records"] for r in counted}
+    picks: dict = {}
+    for src in sources:
+        if src.name in limited:
+            picks.update(stream.unit_picks([u for u in todo if u.source == src.name], counts, src))
+    return picks
+
+
+def _read(sources: list[Source], rejects_dir: str):
+    import ray
+
+    units = _units(sources)
+    ds = ray.data.from_items(stream.units_json(units), override_num_blocks=len(units)).map_batches(
+        stream.read_units,
+        batch_size=1,
+        fn_kwargs={"rejects_dir": rejects_dir, "picks": _picks(sources, units)},
+    )
+    return ds.materialize()
+
+
+def _checked(rows, rejects_dir: str, check: RowCheck):
+    from ray.data import ActorPoolStrategy
+
+    return rows.map_batches(
+        check.cls,
+        fn_constructor_kwargs={"rejects_dir": rejects_dir, **check.kwargs},
+        batch_format="pyarrow",
+        batch_size=256,
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, check.workers)),
+        num_cpus=check.cpus,
+    )
+
+
+def _drop_pairs(batch: pa.Table, drop: set) -> pa.Table:
+    keys = zip(batch["_unit"].to_pylist(), batch["_rec"].to_pylist(), strict=True)
+    return batch.filter(pa.array([k not in drop for k in keys], pa.bool_()))
+
+
+def _deduplicated(rows, rejects_dir: str):
+    """``rows`` without the later occurrences of an id; their rejects written."""
+    # a few partitions per 100k rows: the shuffle's actors cost more than they save below that
+    parts = max(1, min(MAX_SHUFFLE_PARTITIONS, rows.count() // 100_000 + 1))
+    counted = rows.select_columns(["id"]).groupby("id", num_partitions=parts).count()
+    dup_ids = [
+        r["id"]
+        for r in counted.map_batches(
+            lambda b: b.filter(pc.greater(b["count()"], 1)), batch_format="pyarrow"
+        ).take_all()
+    ]
+    if not dup_ids:
+        return rows
+    wanted = pa.array(dup_ids, pa.string())
+    located = rows.map_batches(
+        lambda b: b.filter(pc.is_in(b["id"], value_set=wanted)), batch_format="pyarrow"
+    ).take_all()
+    rejects, drop = stream.first_occurrences(located)
+    stream.write_rejects_part(rejects_dir, f"2-duplicates-{uuid.uuid4().hex[:8]}", rejects)
+    return rows.map_batches(_drop_pairs, fn_kwargs={"drop": drop}, batch_format="pyarrow")
+
+
+_FINISHED: dict = {}
+
+
+def _unfinished(batch: pa.Table, finished) -> pa.Table:
+    import ray
+
+    key = finished.hex()
+    if key not in _FINISHED:  # one fetch per worker process
+        _FINISHED.clear()
+        _FINISHED[key] = ray.get(finished)
+    done = _FINISHED[key]
+    if len(done) == 0:
+        return batch
+    return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=done)))
+
+
+def open_instructions(
+    sources: list[Source],
+    run_dir: Path | str,
+    *,
+    limit: int | None = None,
+    check: RowCheck | None = None,
+) -> Instructions:
+    """Plans and runs the read of ``sources`` for a run in ``run_dir`` (Ray must be up)."""
+    import ray
+    from ray.data.aggregate import Count, Max, Sum
+
+    t0 = time.monotonic()
+    rejects_dir = str(storage.join(run_dir, REJECTS_DIR))
+    clear_rejects(run_dir)
+    rows = _deduplicated(_read(sources, rejects_dir), rejects_dir)
+    if limit is not None:  # the first rows in read order, before the task's check (as load_rows)
+        rows = rows.sort(["_unit", "_rec"]).limit(limit)
+    if check is not None:
+        rows = _checked(rows, rejects_dir, check)
+    rows = rows.materialize()
+    valid = rows.count()
+    read_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    finished = ray.remote(num_cpus=0)(finished_id_array).remote(str(run_dir))
+    todo = rows.map_batches(_unfinished, fn_kwargs={"finished": finished}, batch_format="pyarrow")
+    todo = todo.add_column(
+        "_turns", lambda b: pc.list_value_length(b["turns"]), batch_format="pyarrow"
+    )
+    agg = todo.aggregate(Count(), Sum("_turns"), Max("_turns")) if valid else {}
+    n = int(agg.get("count()") or 0)
+    return Instructions(
+        todo=todo.drop_columns(["_turns"]),
+        valid=valid,
+        todo_rows=n,
+        turns=int(agg.get("sum(_turns)") or 0),
+        max_turns=int(agg.get("max(_turns)") or 1),
+        timings={"read": read_s, "resume_scan": time.monotonic() - t0},
+    )
+
+
+def clear_rejects(run_dir: Path | str) -> None:
+    """Removes the input reject parts of an earlier run (a rerun writes them again)."""
+    for f in storage.list_files(storage.join(run_dir, REJECTS_DIR), ".jsonl"):
+        storage.remove(f)
