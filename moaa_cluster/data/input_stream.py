@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from moaa_cluster.data import sources
 from moaa_cluster.data.records import Reject, read_records
 from moaa_cluster.data.sources import (
     Source,
@@ -42,17 +43,7 @@ from moaa_cluster.runs.files import jsonl_line
 
 # the columns of a streamed input row: a row of load_rows plus where it was read and its order
 ROW_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("source_id", pa.string()),
-        ("system", pa.string()),
-        ("turns", pa.list_(pa.string())),
-        ("answers", pa.list_(pa.string())),
-        ("where", pa.string()),
-        ("_unit", pa.int64()),
-        ("_rec", pa.int64()),
-    ]
+    [*sources.ROW_SCHEMA, ("where", pa.string()), ("_unit", pa.int64()), ("_rec", pa.int64())]
 )
 _ROWS_PER_BATCH = 1024
 

@@ -19,10 +19,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from moaa_cluster.data.adapters import stable_id, to_conversation
 from moaa_cluster.data.records import Reject, dataset_records, describe, read_records
 from moaa_cluster.runs.files import jsonable
 
+# the columns of a row as both readers make it (load_rows, data.input_stream)
+ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("system", pa.string()),
+        ("turns", pa.list_(pa.string())),
+        ("answers", pa.list_(pa.string())),
+    ]
+)
 _DATA = Path(__file__).resolve().parent.parent / "data"
 # demo: 40 conversations we wrote (32 single-turn, 8 two-turn); heldout: 12 other single-turn
 # instructions the embedded pipeline evaluates on (never trained on)

@@ -25,9 +25,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-
 from moaa_cluster.data.chat import chat_messages
+from moaa_cluster.data.sources import ROW_SCHEMA
 from moaa_cluster.engines.describe import model_record
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
@@ -44,16 +43,7 @@ log = logging.getLogger(__name__)
 SAMPLER = "sampler"  # backend key of the model that writes the candidates
 TRUNCATED_POLICIES = ("exclude_from_chosen", "allow")
 
-INPUT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("source_id", pa.string()),
-        ("system", pa.string()),
-        ("turns", pa.list_(pa.string())),
-        ("answers", pa.list_(pa.string())),
-    ]
-)
+INPUT_SCHEMA = ROW_SCHEMA  # the prompts as load_rows reads them
 
 
 @dataclass

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray (1 CPU, no dashboard) for the unit tests that run a Ray Data plan."""
+    """A small local Ray (no dashboard) for a module of unit tests that run Ray Data plans.
+
+    Shut down after the module: `make test` runs the integration tests in the same process,
+    and their session Ray must start with the cluster config's resources and environment."""
     import ray
     from ray.data import DataContext
 
