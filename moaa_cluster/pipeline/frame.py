@@ -153,13 +153,18 @@ def stream_rows(
 ) -> int:
     """:func:`stream_dataset` of a list of row dicts (``input_schema``): small inputs a task
     built on the driver (prefs prompts, eval questions, a layered pass)."""
-    import ray
-
     if not rows:
         return 0
-    ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=input_schema))
     job = StreamJob(worker_cls, worker_kwargs, output_schema, run_dir)
-    return stream_dataset(ds, len(rows), job, pool)
+    return stream_dataset(rows_dataset(rows, input_schema), len(rows), job, pool)
+
+
+def rows_dataset(rows: list[dict], schema: pa.Schema):
+    """A list of row dicts as a Ray dataset of ``schema`` (one block; :func:`stream_dataset`
+    cuts it)."""
+    import ray
+
+    return ray.data.from_arrow(pa.Table.from_pylist(rows, schema=schema))
 
 
 @dataclass(frozen=True)

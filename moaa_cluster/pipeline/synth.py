@@ -22,7 +22,13 @@ from moaa_cluster.engines.describe import model_record
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.moa.lengths import length_rejects
 from moaa_cluster.moa.mixture import Mixture, conversation, run_row
-from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, StreamJob, stream_dataset
+from moaa_cluster.pipeline.frame import (
+    PoolSettings,
+    RowWorker,
+    StreamJob,
+    rows_dataset,
+    stream_dataset,
+)
 from moaa_cluster.pipeline.instructions import Instructions, RowCheck, open_instructions
 from moaa_cluster.pipeline.layered import LayeredJob, plan_passes, run_layered
 from moaa_cluster.pipeline.synth_outputs import (
@@ -137,13 +143,9 @@ def run_rows(
     ``rows``: a list of row dicts, or a ``ray.data.Dataset`` with ``counts`` = (its rows,
     its turns in all).
     """
-    import ray
-
     if isinstance(rows, list):
         counts = (len(rows), sum(len(r["turns"]) for r in rows))
-        rows = (
-            ray.data.from_arrow(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)) if rows else None
-        )
+        rows = rows_dataset(rows, INPUT_SCHEMA) if rows else None
     n_rows, turns = counts
     job = StreamJob(
         MixtureWorker,
@@ -239,7 +241,6 @@ def _generate(
     if not found.todo_rows:
         return
     opts = run.opts
-    t0 = time.monotonic()
     if passes is None:
         host.use(list(specs.values()))
         t0 = time.monotonic()
@@ -256,6 +257,7 @@ def _generate(
         finally:
             run.timings["generation"] = time.monotonic() - t0
         return
+    t0 = time.monotonic()
     try:
         # a pass keeps every row's answers between passes: the layered path holds the rows
         todo = [

@@ -71,12 +71,6 @@ def check_truncated_policy(policy: str) -> str:
     return policy
 
 
-def _sft_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(
-        [{c: r[c] for c in (*SFT_COLUMNS, "truncated")} for r in rows], schema=SFT_SCHEMA
-    )
-
-
 SFT_DIR = "sft"  # the parquet dataset (a directory of files): the output at any size
 SFT_FILE = "sft.parquet"  # one consolidated file (single_file: the small-run option)
 TRUNCATED_DIR = "sft_truncated"

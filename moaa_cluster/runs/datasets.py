@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 
 from moaa_cluster.runs import storage
 from moaa_cluster.runs.files import jsonl_line
+from moaa_cluster.runs.task_run import REJECTS
 
-REJECTS = "rejects.jsonl"
 REJECTS_DIR = "rejects"  # the reject parts read tasks and checks write, one JSONL file each
 
 
