@@ -524,9 +524,10 @@ def run_pass_through(rows: list[dict], bench: Bench, work_dir: Path) -> None:
 class Spread:
     """Sends calls to several backends of one model in turn.
 
-    An ``openai`` backend is one ``httpx.AsyncClient``, whose pool holds 100 connections: a
-    schedule that sends more calls to one server at once would queue in the client, not in the
-    engine. The pipeline never gets there (each worker keeps a few rows in flight).
+    Written when an ``openai`` backend was one ``httpx.AsyncClient`` holding 100 connections
+    (a schedule that sent more calls to one server at once queued in the client). Its
+    ``aiohttp`` session now opens as many as are asked; several clients still spread the
+    calls' parsing over the schedule the way the earlier results were measured.
     """
 
     def __init__(self, backends: list):

@@ -1,7 +1,9 @@
-"""Shared fixtures: the repo's paths and a Hydra compose helper over the real ``conf/``."""
+"""Shared fixtures: the repo's paths, a Hydra compose helper over the real ``conf/``, and an
+S3-compatible server (moto) for run directories on object storage."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,24 @@ def compose():
             return hydra_compose(config_name=config_name, overrides=list(overrides or []))
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A moto S3 server for the session (``tests/s3_server.py``), its bucket empty at start.
+
+    Its ``AWS_*`` variables are set in this process before any Ray starts here (the Ray
+    fixtures ask for this one), so Ray's workers, Ray Train and Ray Data reach it too."""
+    from tests.s3_server import moto_server
+
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        saved = {k: os.environ.get(k) for k in server.env}
+        os.environ.update(server.env)
+        try:
+            yield server
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

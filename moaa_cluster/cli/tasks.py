@@ -19,8 +19,9 @@ def manifest_extra(cfg) -> dict:
     return {"config": config, "rehearsal": config.get("rehearsal") or None}
 
 
-# tasks whose run directory may be an object-store URI (output_dir=s3://...): runs.storage
-URI_TASKS = ("synth",)
+# tasks whose run directory may be an object-store URI (output_dir=s3://...): runs.storage.
+# Not `pipeline`: its later stages serve the trained model with vLLM, which loads a local path
+URI_TASKS = ("synth", "prefs", "sample", "judge_eval", "eval", "train-sft", "train-dpo")
 
 
 def run_options(cfg):

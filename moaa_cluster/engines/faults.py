@@ -24,6 +24,11 @@ TRANSIENT_MARKERS = (
     "ConnectError",
     "ReadTimeout",
     "RemoteProtocolError",
+    # aiohttp (the openai backend): refused, dropped or reset connections
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+    "ClientOSError",
+    "ClientPayloadError",
     "HTTP 503",
     "HTTP 502",
 )

@@ -18,6 +18,7 @@ from moaa_cluster.evaluation.summary import answer_chars
 from moaa_cluster.judge.judge import COUNT_FIELDS
 from moaa_cluster.pipeline.frame import MESSAGE
 from moaa_cluster.runs.files import write_parquet_atomic
+from moaa_cluster.runs.storage import join
 from moaa_cluster.runs.task_run import write_rejects
 
 ANSWER_SCHEMA = pa.schema(
@@ -57,23 +58,23 @@ JUDGMENT_SCHEMA = pa.schema(
 
 
 def write_answers_and_judgments(
-    run_dir: Path, finished: list[dict], model: ModelSpec, baseline_model: ModelSpec | None
+    run_dir: Path | str, finished: list[dict], model: ModelSpec, baseline_model: ModelSpec | None
 ) -> None:
     """``answers.parquet``, ``baseline_answers.parquet`` (a baseline model's) and
     ``judgments.parquet`` of the finished questions."""
-    write_parquet_atomic(side_rows(finished, "model", model.name), run_dir / "answers.parquet")
+    write_parquet_atomic(side_rows(finished, "model", model.name), join(run_dir, "answers.parquet"))
     if baseline_model is not None:
         write_parquet_atomic(
             side_rows(finished, "baseline", baseline_model.name),
-            run_dir / "baseline_answers.parquet",
+            join(run_dir, "baseline_answers.parquet"),
         )
     write_parquet_atomic(
         pa.Table.from_pylist(judgment_rows(finished), schema=JUDGMENT_SCHEMA),
-        run_dir / "judgments.parquet",
+        join(run_dir, "judgments.parquet"),
     )
 
 
-def write_eval_rejects(run_dir: Path, rejects: list[dict], failed: list[dict]) -> Path:
+def write_eval_rejects(run_dir: Path | str, rejects: list[dict], failed: list[dict]) -> Path | str:
     """``rejects.jsonl``: the input and baseline rejects, then the questions that failed."""
     return write_rejects(
         run_dir,

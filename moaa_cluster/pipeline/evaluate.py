@@ -16,7 +16,6 @@ length-controlled win rate, judge statistics, tokens: ``evaluation/summary.py``)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -52,6 +51,7 @@ from moaa_cluster.runs.files import read_json, save_json
 from moaa_cluster.runs.manifest import Manifest
 from moaa_cluster.runs.options import RunOptions
 from moaa_cluster.runs.shards import consolidate, finished_ids, open_run
+from moaa_cluster.runs.storage import join
 from moaa_cluster.runs.task_run import TaskRun
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def evaluate(
     run.timings["total"] = run.elapsed()
     cumulative = _cumulative_timings(run)
     summary = _summary(ev, questions, finished, failed, run.timings, cumulative)
-    save_json(run.run_dir / "summary.json", summary)
+    save_json(join(run.run_dir, "summary.json"), summary)
     _save_manifest(ev, summary, finished + failed, run, cumulative)
     _print_result(summary, run.timings, run.run_dir, len(failed))
     return summary
@@ -198,20 +198,17 @@ def _cumulative_timings(run: TaskRun) -> dict:
     A resumed run adds to the time its earlier invocations spent on this run directory, so
     the cost and throughput of the whole result stay known (the report reads them).
     """
-    previous = (read_json(run.run_dir / "manifest.json") or {}).get("timings_s") or {}
+    previous = (read_json(join(run.run_dir, "manifest.json")) or {}).get("timings_s") or {}
     timings = run.timings
     return {k: previous.get(k, 0.0) + timings.get(k, 0.0) for k in {**previous, **timings}}
 
 
-def _claim(run_dir: Path, fingerprint: dict) -> None:
+def _claim(run_dir: Path | str, fingerprint: dict) -> None:
     """Records which evaluation the run directory holds; refuses to mix in another one."""
-    run_file = run_dir / "run.json"
+    run_file = join(run_dir, "run.json")
+    held = read_json(run_file)
     # finished rows of another model, baseline or judge must not be mixed into this one
-    if (
-        run_file.exists()
-        and json.loads(run_file.read_text()) != fingerprint
-        and finished_ids(run_dir)
-    ):
+    if held is not None and held != fingerprint and finished_ids(run_dir):
         raise ConfigError(
             f"{run_dir} holds an evaluation with another model, baseline or judge "
             f"({run_file}); use overwrite=true or another run_name"
@@ -255,7 +252,7 @@ def _calls_per_question(ev: _Eval, row: dict) -> int:
     return turns + baseline + ps.judge_calls(turns, calls_per_pair(ev.judge))
 
 
-def _consolidated(run_dir: Path, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+def _consolidated(run_dir: Path | str, rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """The shards' finished rows of this run's questions (by source, id) and its failed rows."""
     finished, failed = consolidate(run_dir)
     wanted = {r["id"] for r in rows}
@@ -342,7 +339,7 @@ def _save_manifest(
     ).save(run.run_dir)
 
 
-def _print_result(summary: dict, timings: dict, run_dir: Path, failed: int) -> None:
+def _print_result(summary: dict, timings: dict, run_dir: Path | str, failed: int) -> None:
     text = format_protocol(summary) if "protocol" in summary else format_summary(summary)
     print(text, flush=True)
     print(

@@ -25,6 +25,7 @@ from moaa_cluster.pipeline.frame import MESSAGE, PoolSettings, RowWorker, shard_
 from moaa_cluster.runs.files import save_json
 from moaa_cluster.runs.options import RunOptions
 from moaa_cluster.runs.shards import consolidate
+from moaa_cluster.runs.storage import join, write_bytes
 from moaa_cluster.runs.task_run import TaskRun, write_rejects
 
 _HH_TURN = re.compile(r"\n\nHuman: |\n\nAssistant: ")
@@ -277,9 +278,9 @@ def evaluate_judges(
     )
     run.timings["total"] = run.elapsed()
     text = format_table(table)
-    (run.run_dir / "judge_eval.md").write_text(text + "\n")
+    write_bytes(join(run.run_dir, "judge_eval.md"), (text + "\n").encode())
     save_json(
-        run.run_dir / "judge_eval.json",
+        join(run.run_dir, "judge_eval.json"),
         {"table": table, "timings_s": run.timings, "pairs": len(pairs), "rejects": len(rejects)},
     )
     counts = {

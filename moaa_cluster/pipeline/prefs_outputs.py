@@ -12,6 +12,7 @@ from moaa_cluster.judge.judge import COUNT_FIELDS
 from moaa_cluster.pipeline.frame import MESSAGE, shard_schema
 from moaa_cluster.runs.files import write_parquet_atomic
 from moaa_cluster.runs.shards import consolidate
+from moaa_cluster.runs.storage import join
 from moaa_cluster.runs.task_run import write_rejects
 
 SHARD_SCHEMA = shard_schema(
@@ -73,7 +74,9 @@ SKIP_REASONS = {
 JUDGED = ("ok", "no_preference", "truncated_preferred")
 
 
-def write_outputs(run_dir: Path, input_rejects: list[dict], sample_only: bool = False) -> dict:
+def write_outputs(
+    run_dir: Path | str, input_rejects: list[dict], sample_only: bool = False
+) -> dict:
     """Consolidates shards into ``prefs.parquet`` (TRL preference format) and rejects.
 
     With ``sample_only`` (``moaa sample``) it writes ``candidates.parquet`` instead.
@@ -85,10 +88,10 @@ def write_outputs(run_dir: Path, input_rejects: list[dict], sample_only: bool = 
     if sample_only:
         sampled = sorted((r for r in done if r["status"] == "sampled"), key=lambda r: r["id"])
         write_parquet_atomic(
-            _table(sampled, CANDIDATE_COLUMNS), Path(run_dir) / "candidates.parquet"
+            _table(sampled, CANDIDATE_COLUMNS), join(run_dir, "candidates.parquet")
         )
     pairs = sorted((r for r in done if r["status"] == "ok"), key=lambda r: (r["source"], r["id"]))
-    write_parquet_atomic(_table(pairs, PAIR_COLUMNS), Path(run_dir) / "prefs.parquet")
+    write_parquet_atomic(_table(pairs, PAIR_COLUMNS), join(run_dir, "prefs.parquet"))
     write_rejects(run_dir, input_rejects, _skips(done) + _failures(failed))
     return run_counts(done, failed, input_rejects)
 
@@ -161,7 +164,9 @@ def run_counts(done: list[dict], failed: list[dict], input_rejects: list[dict]) 
     }
 
 
-def summary_text(counts: dict, timings: dict, run_dir: Path, settings, sampled_only: bool) -> str:
+def summary_text(
+    counts: dict, timings: dict, run_dir: Path | str, settings, sampled_only: bool
+) -> str:
     """The lines a run prints at its end: what was produced, skipped, truncated, and spent.
 
     ``settings`` is the run's ``PrefsSettings`` (candidates, their ``max_tokens``, the
@@ -187,7 +192,7 @@ def summary_text(counts: dict, timings: dict, run_dir: Path, settings, sampled_o
                 f"(skipped: {counts['skipped_identical']} identical; {failed})",
                 truncated,
                 wall,
-                f"output: {run_dir / 'candidates.parquet'}  (rejects: rejects.jsonl)",
+                f"output: {join(run_dir, 'candidates.parquet')}  (rejects: rejects.jsonl)",
             ]
         )
     j = counts["judge"]
@@ -206,6 +211,6 @@ def summary_text(counts: dict, timings: dict, run_dir: Path, settings, sampled_o
             f"{j['verdict_unparsed']}, recovered {j['verdict_recovered']}, unresolved "
             f"{j['verdict_unresolved']}; criteria fallbacks {j['criteria_fallback']}",
             wall,
-            f"output: {run_dir / 'prefs.parquet'}  (rejects: rejects.jsonl)",
+            f"output: {join(run_dir, 'prefs.parquet')}  (rejects: rejects.jsonl)",
         ]
     )

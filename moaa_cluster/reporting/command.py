@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from moaa_cluster.reporting.costs import load_prices
 from moaa_cluster.reporting.page import write_report
+from moaa_cluster.runs import storage
+
+# what a report never reads: result shards, reject parts, Ray Train's state, model weights
+NOT_READ = ("shards", "rejects", "ray_train", "model", "plots")
+
+
+def report_remote(uri: str, **kw) -> str:
+    """The report of a run directory on object storage: its files (but :data:`NOT_READ`)
+    copied to a temporary directory, reported there, ``report.md`` and ``plots/`` written
+    back next to the run. Returns the report's URI."""
+    import pyarrow.fs as pafs
+
+    if storage.kind(uri) != "dir":
+        raise FileNotFoundError(f"run directory {uri} does not exist")
+    with tempfile.TemporaryDirectory(prefix="moaa-report-") as tmp:
+        local = storage.mirror(uri, Path(tmp) / uri.rstrip("/").rsplit("/", 1)[-1], NOT_READ)
+        path = write_report(local, **kw)
+        text = path.read_text().replace(str(local), uri)  # the report names the run, not tmp
+        storage.write_bytes(storage.join(uri, "report.md"), text.encode())
+        if (local / "plots").is_dir():
+            storage.remove(storage.join(uri, "plots"))
+            storage.copy_tree(
+                pafs.LocalFileSystem(), str(local / "plots"), storage.join(uri, "plots")
+            )
+    return storage.join(uri, "report.md")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline directory of such stages."
         ),
     )
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", help="a run directory: a local path or an object-store URI")
     p.add_argument(
         "--prices",
         type=Path,
@@ -31,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         prices = load_prices(args.prices)
-        path = write_report(
-            args.run_dir, prices=prices, gpus=args.gpus, gpu_hour_usd=args.gpu_hour_usd
-        )
+        kw = {"prices": prices, "gpus": args.gpus, "gpu_hour_usd": args.gpu_hour_usd}
+        if storage.is_uri(args.run_dir):
+            path = report_remote(args.run_dir, **kw)
+        else:
+            path = write_report(Path(args.run_dir), **kw)
     except (FileNotFoundError, ValueError) as exc:
         print(f"moaa report: error: {exc}", file=sys.stderr)
         return 1

@@ -20,25 +20,33 @@ def _add_tokens(tokens: dict, model: str, calls: int, prompt: int, completion: i
 
 
 def _read_parquet(path: Path, columns: list[str] | None = None) -> list[dict] | None:
-    import pyarrow.parquet as pq
+    """The rows of a parquet file or dataset directory (``columns`` it has), None if absent."""
+    import pyarrow.dataset as pads
 
     if not path.exists():
         return None
-    names = set(pq.read_schema(path).names)
-    cols = [c for c in columns if c in names] if columns else None
-    return pq.read_table(path, columns=cols).to_pylist()
+    ds = pads.dataset(path, format="parquet")
+    cols = [c for c in columns if c in ds.schema.names] if columns else None
+    return ds.to_table(columns=cols).to_pylist()
+
+
+def _synth_output(run: Path, name: str) -> Path:
+    """``<name>.parquet``, or the ``<name>/`` dataset directory a run at scale writes instead
+    (``synth.single_file=false``)."""
+    single = run / f"{name}.parquet"
+    return single if single.exists() or not (run / name).is_dir() else run / name
 
 
 def _load_synth(part: RunPart) -> None:
     counts = (part.manifest or {}).get("counts") or {}
     for model, t in (counts.get("tokens_per_model") or {}).items():
         _add_tokens(part.tokens, model, t["calls"], t["prompt_tokens"], t["completion_tokens"])
-    rows = _read_parquet(part.path / "sft.parquet", ["id", "calls"])
+    rows = _read_parquet(_synth_output(part.path, "sft"), ["id", "calls"])
     if rows is None:
         part.missing.append(f"no sft.parquet in {part.path}")
         return
     # rows whose final answer was cut off, kept out of sft.parquet (truncated=exclude)
-    cut = _read_parquet(part.path / "sft_truncated.parquet", ["id", "calls"]) or []
+    cut = _read_parquet(_synth_output(part.path, "sft_truncated"), ["id", "calls"]) or []
     rows = rows + cut
     if not part.tokens:
         for r in rows:

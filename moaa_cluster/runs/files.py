@@ -1,4 +1,8 @@
-"""Files of a run directory, each written so that a kill never leaves half of one."""
+"""Files of a run directory, each written so that a kill never leaves half of one.
+
+A path may be local or an object-store URI (``runs.storage``): locally a file is written under
+a hidden name and renamed, an object is one PUT.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,28 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from moaa_cluster.errors import ConfigError
-
-
-def save_json(path: Path, data: dict) -> None:
-    """Writes ``data`` as indented JSON via a temp file + rename."""
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.rename(path)
+from moaa_cluster.runs import storage
 
 
-def read_json(path: Path) -> dict | None:
+def save_json(path: Path | str, data: dict) -> None:
+    """Writes ``data`` as indented JSON, whole (temp file + rename, or one PUT)."""
+    storage.write_bytes(path, json.dumps(data, indent=2, default=str).encode())
+
+
+def read_json(path: Path | str) -> dict | None:
     """The JSON object at ``path``, or None when it is missing or cannot be read."""
+    raw = storage.read_bytes(path)
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    """Writes ``path`` via a hidden temp file + rename: a kill never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.rename(path)
+def write_parquet_atomic(table: pa.Table, path: Path | str) -> Path | str:
+    """Writes ``path`` whole: a kill never leaves half a file."""
+    storage.write_parquet(table, path)
     return path
 
 
@@ -46,6 +45,12 @@ def jsonable(value: object) -> object:
             return repr(value)
         except Exception as exc:
             return f"<{type(value).__name__} that cannot be shown: {type(exc).__name__}>"
+
+
+def write_jsonl(path: Path | str, records) -> None:
+    """Writes ``records`` as a JSONL file, whole (see :func:`jsonl_line`); the file exists
+    afterwards even when there are none."""
+    storage.write_bytes(path, b"".join(jsonl_line(r) for r in records))
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
@@ -74,20 +79,16 @@ def jsonl_line(rec: dict) -> bytes:
         return (json.dumps(rec, default=str) + "\n").encode("utf-8")
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path | str) -> list[dict]:
     """The records of a JSONL file we wrote; an absent file has none."""
-    if not Path(path).exists():
+    raw = storage.read_bytes(path)
+    if raw is None:
         return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    # split on newlines only: a JSON string may hold U+2028 and the like, which splitlines cuts
+    return [json.loads(line) for line in raw.split(b"\n") if line.strip()]
 
 
-def check_writable(run_dir: Path) -> None:
-    """Creates ``run_dir`` or raises ``ConfigError`` saying why it cannot be written."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output directory {run_dir} is not writable: {exc.strerror}") from exc
+def check_writable(run_dir: Path | str) -> None:
+    """Creates ``run_dir`` (local or object storage) and writes a probe there, or raises
+    ``ConfigError`` saying why it cannot be written."""
+    storage.check_writable(run_dir)

@@ -18,14 +18,13 @@ their counts when read, so runs made before this layout still resume.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from moaa_cluster.runs.files import read_json, save_json
-from moaa_cluster.runs.storage import is_uri, join, read_bytes, write_bytes
+from moaa_cluster.runs.storage import join
 
 FILE = "manifest.json"
 STATUSES = ("complete", "incomplete", "empty")
@@ -114,10 +113,7 @@ class Manifest:
     def save(self, run_dir: Path) -> dict:
         """Writes ``<run_dir>/manifest.json`` atomically; returns what it wrote."""
         data = self.to_dict()
-        if is_uri(run_dir):
-            write_bytes(join(run_dir, FILE), json.dumps(data, indent=2, default=str).encode())
-        else:
-            save_json(Path(run_dir) / FILE, data)
+        save_json(join(run_dir, FILE), data)
         return data
 
     @classmethod
@@ -140,15 +136,7 @@ class Manifest:
     @classmethod
     def load(cls, run_dir: Path) -> Manifest | None:
         """The manifest in ``run_dir``, or None when there is none (or it cannot be read)."""
-        if is_uri(run_dir):
-            raw = read_bytes(join(run_dir, FILE))
-            try:
-                data = json.loads(raw) if raw else None
-            except ValueError:
-                data = None
-            data = data if isinstance(data, dict) else None
-        else:
-            data = read_json(Path(run_dir) / FILE)
+        data = read_json(join(run_dir, FILE))
         return cls.from_dict(data) if data and data.get("task") else None
 
 

@@ -6,7 +6,6 @@ A row whose shard has ``error`` null is finished: a rerun of the same run direct
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -15,21 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moaa_cluster.runs import storage
-from moaa_cluster.runs.files import check_writable
 
 
 def shard_dir(run_dir: Path | str) -> Path | str:
     return storage.join(run_dir, "shards")
 
 
-def finished_ids(run_dir: Path) -> set[str]:
+def finished_ids(run_dir: Path | str) -> set[str]:
     """Ids that already have a finished (``error`` null) row in the run's shards."""
-    d = shard_dir(run_dir)
-    done: set[str] = set()
-    for f in sorted(d.glob("*.parquet")) if d.exists() else []:
-        t = pq.read_table(f, columns=["id", "error"]).to_pylist()
-        done.update(r["id"] for r in t if r["error"] is None)
-    return done
+    return set(finished_id_array(run_dir).to_pylist())
 
 
 def finished_id_array(run_dir: str | Path) -> pa.Array:
@@ -57,16 +50,16 @@ def write_shard(run_dir: Path | str, table: pa.Table) -> Path | str:
     return path
 
 
-def consolidate(run_dir: Path) -> tuple[list[dict], list[dict]]:
+def consolidate(run_dir: Path | str) -> tuple[list[dict], list[dict]]:
     """One row per id from all shards, a finished row winning over an earlier failure.
 
     Returns:
         ``(finished, failed)`` rows.
     """
     best: dict[str, dict] = {}
-    d = shard_dir(run_dir)
-    for f in sorted(d.glob("*.parquet")) if d.exists() else []:
-        for r in pq.read_table(f).to_pylist():
+    for f in storage.list_files(shard_dir(run_dir), ".parquet"):
+        fs, p = storage.filesystem(f)
+        for r in pq.read_table(p, filesystem=fs).to_pylist():
             prev = best.get(r["id"])
             if prev is None or (prev["error"] is not None and r["error"] is None):
                 best[r["id"]] = r
@@ -82,14 +75,9 @@ def open_run(run_dir: Path | str, specs, *, overwrite: bool = False) -> Path | s
     can be written, and validates every model spec (paths present, backend settings sane).
     """
     run_dir = storage.run_path(run_dir)
-    if storage.is_uri(run_dir):
-        if overwrite:
-            storage.remove(run_dir)
-        storage.check_writable(run_dir)
-    else:
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        check_writable(run_dir)
+    if overwrite:
+        storage.remove(run_dir)
+    storage.check_writable(run_dir)
     for spec in specs:
         spec.validate()
     return run_dir

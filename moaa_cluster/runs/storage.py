@@ -77,6 +77,68 @@ def list_files(directory: str | Path, suffix: str) -> list[str | Path]:
     return [join(directory, n) for n in names]
 
 
+def kind(path: str | Path) -> str | None:
+    """``"file"``, ``"dir"``, or None when nothing is at ``path``."""
+    fs, p = _fs(path)
+    t = fs.get_file_info(p).type
+    return {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(t)
+
+
+def list_dirs(directory: str | Path, prefix: str = "") -> list[str | Path]:
+    """The subdirectories of ``directory`` whose names start with ``prefix``, sorted."""
+    fs, p = _fs(directory)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    names = sorted(
+        posixpath.basename(i.path)
+        for i in infos
+        if i.type == pafs.FileType.Directory and posixpath.basename(i.path).startswith(prefix)
+    )
+    return [join(directory, n) for n in names]
+
+
+def copy_tree(
+    src_fs: pafs.FileSystem, src: str, dest: str | Path, *, use_threads: bool = True
+) -> None:
+    """Copies the file or directory ``src`` of ``src_fs`` to ``dest`` (local or a URI)."""
+    fs, p = _fs(dest)
+    if not is_uri(dest):  # local directories are made first (pyarrow makes no parents)
+        is_dir = src_fs.get_file_info(src).type == pafs.FileType.Directory
+        (Path(p) if is_dir else Path(p).parent).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(
+        src, p, source_filesystem=src_fs, destination_filesystem=fs, use_threads=use_threads
+    )
+
+
+def fetch(path: str | Path, local_dir: Path) -> Path:
+    """A local copy of the file or directory ``path`` under ``local_dir`` (``path`` itself
+    when it is already local)."""
+    if not is_uri(path):
+        return Path(path)
+    fs, p = _fs(path)
+    local = Path(local_dir) / posixpath.basename(p.rstrip("/"))
+    copy_tree(fs, p, local)
+    return local
+
+
+def mirror(path: str | Path, local: Path, skip: tuple[str, ...] = ()) -> Path:
+    """Copies the directory ``path`` (local or a URI) to ``local``, leaving out every
+    subdirectory named in ``skip`` at any depth. Returns ``local``."""
+    fs, root = _fs(path)
+    root = root.rstrip("/")
+    local = Path(local)
+    local.mkdir(parents=True, exist_ok=True)
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        rel = info.path[len(root) + 1 :]
+        if info.type != pafs.FileType.File or set(rel.split("/")[:-1]) & set(skip):
+            continue
+        out = local / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(out, "wb") as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+    return local
+
+
 def remove(path: str | Path) -> None:
     """Removes a file or a directory tree; nothing when it does not exist."""
     fs, p = _fs(path)
@@ -134,4 +196,6 @@ def check_writable(run_dir: str | Path) -> None:
         write_bytes(probe, b"ok")
         remove(probe)
     except OSError as exc:
-        raise ConfigError(f"output directory {run_dir} is not writable: {exc}") from exc
+        raise ConfigError(
+            f"output directory {run_dir} is not writable: {exc.strerror or exc}"
+        ) from exc

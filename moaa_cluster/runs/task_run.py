@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moaa_cluster.runs.files import append_jsonl
+from moaa_cluster.runs import storage
+from moaa_cluster.runs.files import write_jsonl
 from moaa_cluster.runs.manifest import Manifest
 from moaa_cluster.runs.options import RunOptions
 from moaa_cluster.runs.shards import finished_ids, open_run
@@ -20,15 +21,13 @@ from moaa_cluster.runs.shards import finished_ids, open_run
 REJECTS = "rejects.jsonl"
 
 
-def write_rejects(run_dir: Path, *groups: list[dict]) -> Path:
+def write_rejects(run_dir: Path | str, *groups: list[dict]) -> Path | str:
     """Replaces ``<run_dir>/rejects.jsonl`` with the records of ``groups``, in order.
 
     The file exists afterwards even when nothing was rejected (summaries name it).
     """
-    path = Path(run_dir) / REJECTS
-    path.unlink(missing_ok=True)
-    for records in groups or ([],):
-        append_jsonl(path, records)
+    path = storage.join(run_dir, REJECTS)
+    write_jsonl(path, (r for records in groups for r in records))
     return path
 
 
@@ -45,7 +44,7 @@ class TaskRun:
     """
 
     opts: RunOptions
-    run_dir: Path
+    run_dir: Path | str
     started: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
     ray: dict = field(default_factory=dict)

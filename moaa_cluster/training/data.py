@@ -10,12 +10,14 @@ rejects its record only, never the training run.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 
 from moaa_cluster.data.records import Reject, UnreadableFile, describe, read_records
 from moaa_cluster.errors import ConfigError
+from moaa_cluster.runs import storage
 
 # the file a stage run directory hands to the next stage
 RUN_FILES = {"sft": "sft.parquet", "dpo": "prefs.parquet"}
@@ -26,8 +28,11 @@ COLUMNS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
 ROLES = {"system", "user", "assistant"}
 
 
-def resolve_path(kind: str, path: str | Path) -> Path:
-    """A file, or a run directory of the stage that produces ``kind``'s data."""
+def resolve_path(kind: str, path: str | Path) -> Path | str:
+    """A file, or a run directory of the stage that produces ``kind``'s data (local, or on
+    object storage: ``s3://...``)."""
+    if storage.is_uri(path):
+        return _resolve_uri(kind, str(path))
     p = Path(path)
     if p.is_dir():
         dataset_dir = p / RUN_DIRS.get(kind, RUN_FILES[kind])
@@ -42,6 +47,25 @@ def resolve_path(kind: str, path: str | Path) -> Path:
     if not p.exists():
         raise ConfigError(f"training data not found: {p}")
     return p
+
+
+def _resolve_uri(kind: str, path: str) -> str:
+    """:func:`resolve_path` for a run directory or data file on object storage."""
+    found = storage.kind(path)
+    if found is None:
+        raise ConfigError(f"training data not found: {path}")
+    if found == "file":
+        return path
+    single = storage.join(path, RUN_FILES[kind])
+    if storage.kind(single) == "file":
+        return single
+    dataset_dir = storage.join(path, RUN_DIRS.get(kind, RUN_FILES[kind]))
+    if storage.kind(dataset_dir) == "dir":
+        return dataset_dir
+    raise ConfigError(
+        f"{path} is a directory without {RUN_FILES[kind]}: give a "
+        f"{'synth' if kind == 'sft' else 'prefs'} run directory or a data file"
+    )
 
 
 def _read(path: Path) -> list[tuple[str, object]]:
@@ -113,7 +137,11 @@ def prepare(kind: str, path: str | Path, limit: int | None = None) -> tuple[list
     if kind not in COLUMNS:
         raise ConfigError(f"unknown training kind {kind!r}; expected one of {sorted(COLUMNS)}")
     src = resolve_path(kind, path)
-    records = _read(src)
+    if storage.is_uri(src):  # read from a local copy (the file's own reader, its rejects)
+        with tempfile.TemporaryDirectory(prefix="moaa-train-data-") as tmp:
+            records = _read(storage.fetch(src, Path(tmp)))
+    else:
+        records = _read(src)
     objects = [rec for _, rec in records if isinstance(rec, dict)]
     # the wrong kind of file (SFT data given to DPO) is a configuration error; a single record
     # without the columns is only a reject
@@ -148,8 +176,7 @@ def prepare(kind: str, path: str | Path, limit: int | None = None) -> tuple[list
     return rows, rejects
 
 
-def write(rows: list[dict], path: Path) -> Path:
-    """Writes the validated rows for the workers (atomic)."""
-    from moaa_cluster.runs.files import write_parquet_atomic
-
-    return write_parquet_atomic(pa.Table.from_pylist(rows), Path(path))
+def write(rows: list[dict], path: Path | str) -> Path | str:
+    """Writes the validated rows for the workers (atomic; local or object storage)."""
+    storage.write_parquet(pa.Table.from_pylist(rows), path)
+    return path

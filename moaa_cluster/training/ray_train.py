@@ -4,19 +4,24 @@ The run directory holds everything: ``train_data.parquet`` (validated rows), ``r
 ``ray_train/`` (Ray Train's storage: checkpoints and its own state, so a rerun of the same
 command resumes from the latest checkpoint), and at the end ``model/`` (an HF checkpoint vLLM
 and ``moaa sample`` load directly), ``metrics.jsonl`` (the trainer's log history: loss curves)
-and ``manifest.json``.
+and ``manifest.json``. It may be on object storage (``output_dir=s3://...``): Ray Train's
+``storage_path`` takes the same URI, and the workers read ``train_data.parquet`` from there.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import posixpath
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
 from moaa_cluster.errors import ConfigError
+from moaa_cluster.runs import storage
+from moaa_cluster.runs.files import write_jsonl
 from moaa_cluster.runs.manifest import Manifest
 from moaa_cluster.runs.options import RunOptions
 from moaa_cluster.runs.task_run import write_rejects
@@ -48,10 +53,10 @@ class Scaling:
     max_failures: int = 2
 
 
-def is_complete(run_dir: Path) -> bool:
+def is_complete(run_dir: Path | str) -> bool:
     """A finished training run: its manifest says so and its model directory exists."""
     manifest = Manifest.load(run_dir)
-    if manifest is None or not (Path(run_dir) / EXPORT_DIR / "config.json").exists():
+    if manifest is None or not storage.exists(storage.join(run_dir, EXPORT_DIR, "config.json")):
         return False
     return manifest.complete
 
@@ -88,20 +93,26 @@ def check_recipe(kind: str, settings: TrainSettings, scaling: Scaling) -> None:
                 raise ConfigError(f"train recipe ({kind}): TRL refuses it: {exc}") from None
 
 
-def _copy_export(checkpoint_dir: Path, run_dir: Path) -> dict:
-    """Moves the exported model into ``run_dir/model`` (atomically) and returns its info."""
-    src = checkpoint_dir / EXPORT_DIR
-    if not src.exists():
-        raise RuntimeError(f"the final Ray Train checkpoint {checkpoint_dir} has no exported model")
-    staging = run_dir / f".{EXPORT_DIR}.tmp"
-    if staging.exists():
-        shutil.rmtree(staging)
-    shutil.copytree(src, staging)
-    target = run_dir / EXPORT_DIR
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return json.loads((checkpoint_dir / INFO_FILE).read_text())
+def _copy_export(checkpoint, run_dir: Path | str) -> dict:
+    """Copies the exported model of Ray Train's final ``checkpoint`` into ``run_dir/model``
+    and returns its info. Locally the copy is staged and renamed into place; on object
+    storage the run counts as complete only once its manifest says so, written after."""
+    fs, ckpt = checkpoint.filesystem, checkpoint.path
+    src = posixpath.join(ckpt, EXPORT_DIR)
+    if fs.get_file_info(src).type != pafs.FileType.Directory:
+        raise RuntimeError(f"the final Ray Train checkpoint {ckpt} has no exported model")
+    target = storage.join(run_dir, EXPORT_DIR)
+    if storage.is_uri(run_dir):
+        storage.remove(target)
+        storage.copy_tree(fs, src, target)
+    else:
+        staging = Path(run_dir) / f".{EXPORT_DIR}.tmp"
+        storage.remove(staging)
+        storage.copy_tree(fs, src, staging)
+        storage.remove(target)
+        staging.rename(target)
+    with fs.open_input_stream(posixpath.join(ckpt, INFO_FILE)) as fh:
+        return json.loads(fh.read())
 
 
 def fit(
@@ -122,7 +133,7 @@ def fit(
     from moaa_cluster.runs.files import check_writable
 
     t_start = time.monotonic()
-    run_dir = Path(opts.run_dir).resolve()
+    run_dir = opts.run_dir if storage.is_uri(opts.run_dir) else Path(opts.run_dir).resolve()
     done = _finished_run(kind, run_dir, opts.overwrite)
     if done is not None:
         return done
@@ -146,7 +157,7 @@ def fit(
         details={
             "base_model": settings.base_model,
             "data": str(data_path),
-            "model_dir": str(run_dir / EXPORT_DIR),
+            "model_dir": str(storage.join(run_dir, EXPORT_DIR)),
             "train": {k: v for k, v in info.items() if k != "kind"},
             "losses": {
                 "first": losses[0] if losses else None,
@@ -160,17 +171,17 @@ def fit(
     print(
         f"{kind}: {info['global_step']} steps on {n_rows} rows ({n_rejected} rejected), "
         f"loss {manifest['losses']['first']} -> {manifest['losses']['last']}, "
-        f"{train_s:.0f} s; model: {run_dir / EXPORT_DIR}",
+        f"{train_s:.0f} s; model: {storage.join(run_dir, EXPORT_DIR)}",
         flush=True,
     )
     return manifest
 
 
-def _finished_run(kind: str, run_dir: Path, overwrite: bool) -> dict | None:
+def _finished_run(kind: str, run_dir: Path | str, overwrite: bool) -> dict | None:
     """The manifest of a run already complete in ``run_dir`` (``overwrite`` deletes it first),
     or None when there is training to do."""
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if overwrite:
+        storage.remove(run_dir)
     if not is_complete(run_dir):
         return None
     manifest = Manifest.load(run_dir).to_dict()
@@ -179,7 +190,11 @@ def _finished_run(kind: str, run_dir: Path, overwrite: bool) -> dict | None:
 
 
 def _prepare_data(
-    kind: str, data_path: str | Path, settings: TrainSettings, run_dir: Path, limit: int | None
+    kind: str,
+    data_path: str | Path,
+    settings: TrainSettings,
+    run_dir: Path | str,
+    limit: int | None,
 ) -> tuple[TrainSettings, int, int]:
     """Validates the rows into ``train_data.parquet`` and ``rejects.jsonl``.
 
@@ -187,14 +202,14 @@ def _prepare_data(
         The settings pointed at that file, the rows kept and the rows rejected.
     """
     rows, rejects = train_data.prepare(kind, data_path, limit)
-    data_file = run_dir / "train_data.parquet"
+    data_file = storage.join(run_dir, "train_data.parquet")
     train_data.write(rows, data_file)
     write_rejects(run_dir, rejects)
     log.info("%s: %d rows to train on, %d rejected (%s)", kind, len(rows), len(rejects), data_path)
     return replace(settings, data_file=str(data_file)), len(rows), len(rejects)
 
 
-def _trainer(kind: str, settings: TrainSettings, scaling: Scaling, run_dir: Path):
+def _trainer(kind: str, settings: TrainSettings, scaling: Scaling, run_dir: Path | str):
     """The ``TorchTrainer`` of one run, its Ray Train state kept in ``run_dir/ray_train``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -218,7 +233,7 @@ def _trainer(kind: str, settings: TrainSettings, scaling: Scaling, run_dir: Path
     )
 
 
-def _collect(kind: str, result, run_dir: Path) -> tuple[dict, list[float]]:
+def _collect(kind: str, result, run_dir: Path | str) -> tuple[dict, list[float]]:
     """Takes the trained model out of Ray Train's result into ``run_dir``.
 
     Copies the exported model to ``run_dir/model``, deletes the optimizer-state checkpoints
@@ -227,20 +242,16 @@ def _collect(kind: str, result, run_dir: Path) -> tuple[dict, list[float]]:
     Returns:
         The training info the workers recorded (without its log history) and the losses.
     """
-    from moaa_cluster.runs.files import append_jsonl
-
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"{kind}: Ray Train finished without a checkpoint")
-    info = _copy_export(Path(result.checkpoint.path), run_dir)
+    info = _copy_export(result.checkpoint, run_dir)
     # the model is out; the optimizer-state checkpoints (GBs each) only served resumption
-    for ckpt in (run_dir / RAY_DIR).glob("checkpoint_*"):
-        shutil.rmtree(ckpt, ignore_errors=True)
+    for ckpt in storage.list_dirs(storage.join(run_dir, RAY_DIR), "checkpoint_"):
+        storage.remove(ckpt)
     history = info.pop("log_history")
-    metrics_file = run_dir / "metrics.jsonl"
-    metrics_file.unlink(missing_ok=True)
-    append_jsonl(metrics_file, history)
+    write_jsonl(storage.join(run_dir, "metrics.jsonl"), history)
     if info["resumed_from_step"]:
         print(
             f"{kind}: resumed from the checkpoint at step {info['resumed_from_step']} "

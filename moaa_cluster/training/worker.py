@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from moaa_cluster.runs import storage
 from moaa_cluster.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,9 @@ def run(config: dict, make_config, trainer_cls) -> None:
             use_cpu=not torch.cuda.is_available(),
         )
         model, tokenizer = load_model_and_tokenizer(settings)
-        train = datasets.load_dataset("parquet", data_files=settings.data_file, split="train")
+        # on object storage: a local copy in the scratch directory (datasets reads local files)
+        data_file = storage.fetch(settings.data_file, Path(scratch))
+        train = datasets.load_dataset("parquet", data_files=str(data_file), split="train")
         with quiet_stdout():
             trainer = trainer_cls(
                 model=model,

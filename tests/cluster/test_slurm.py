@@ -14,6 +14,8 @@ import pytest
 from tests.cluster.conftest import SYNTH_ARGS, cmdline_pids, marked_pids, wait_until
 from tests.conftest import REPO
 
+SLURM_SYNTH_ARGS = ["mixture=embedded_single_proposer", *SYNTH_ARGS]
+
 pytestmark = pytest.mark.skipif(
     shutil.which("sbatch") is None,
     reason="no sbatch on PATH: Slurm is not installed (run `bash scripts/ci_slurm.sh` as root)",
@@ -71,7 +73,9 @@ def _assert_nothing_left(job_id: str) -> None:
 
 
 def test_sbatch_embedded_synth(ray_env, tmp_path: Path):
-    job_id = _sbatch(ray_env, tmp_path, "synth", *SYNTH_ARGS)
+    # the launch path is what is tested: one engine (SmolLM2 proposes and aggregates) starts
+    # and answers sooner than the two-model mixture, which `ray job submit` already runs
+    job_id = _sbatch(ray_env, tmp_path, "synth", *SLURM_SYNTH_ARGS)
     state, code = _wait_done(job_id, timeout=900)
     log = (tmp_path / f"slurm-{job_id}.out").read_text()
     assert (state, code) == ("COMPLETED", "0:0"), log[-5000:]
@@ -81,7 +85,8 @@ def test_sbatch_embedded_synth(ray_env, tmp_path: Path):
         f"job {job_id} on 1 node(s)",
         f"temp dir /tmp/ray_{job_id},",
         "Active:",
-        f"ray job submit moaa-synth-{job_id}: python -m ray_jobs.synth {' '.join(SYNTH_ARGS)}",
+        f"ray job submit moaa-synth-{job_id}: python -m ray_jobs.synth "
+        + " ".join(SLURM_SYNTH_ARGS),
         "rows: 2 ok",
         f"Job 'moaa-synth-{job_id}' succeeded",
         "Ray job ended with exit 0",
@@ -94,7 +99,7 @@ def test_sbatch_embedded_synth(ray_env, tmp_path: Path):
     assert "ending leftover Ray processes" not in log  # Ray stopped itself
     assert "task 0: Killed" not in log  # by SIGTERM to `ray start --block`, not SIGKILL to the step
 
-    run_dir = Path(ray_env["MOAA_OUTPUT_ROOT"]) / "synth-embedded-embedded_demo"
+    run_dir = Path(ray_env["MOAA_OUTPUT_ROOT"]) / "synth-embedded_single_proposer-embedded_demo"
     rows = pq.read_table(run_dir / "sft.parquet").to_pylist()
     assert len(rows) == 2 and all(r["messages"][-1]["content"] for r in rows)
     manifest = json.loads((run_dir / "manifest.json").read_text())

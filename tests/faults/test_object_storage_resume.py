@@ -1,5 +1,6 @@
 """A streaming `moaa synth` whose run directory is on an S3-compatible server (moto, started
-here in server mode): killed at about half its rows, rerun: every row exactly once.
+here in server mode): killed at about half its rows, rerun: every row exactly once. Then
+`moaa train-sft` trains on that run with its own run directory (Ray Train's storage) there.
 
 The models answer through the `openai` backend from the instant stand-in server
 (`benchmarks/standin_server.py`), so the test spends its time on what it checks: reading,
@@ -12,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,59 +20,9 @@ from collections import Counter
 from pathlib import Path
 
 import psutil
-import pytest
 
 ROWS = 600
-BUCKET = "moaa-runs"
 MODELS = ("smollm2_135m_instruct", "gemma_3_270m")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_env(tmp_path):
-    """A moto S3 server with one bucket; the environment that points clients at it."""
-    import pyarrow.fs as pafs
-
-    port = _free_port()
-    log = open(tmp_path / "moto.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    s3 = pafs.S3FileSystem(
-        endpoint_override=f"127.0.0.1:{port}",
-        scheme="http",
-        access_key="testing",
-        secret_key="testing",
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            s3.create_dir(BUCKET)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    yield env, s3
-    proc.terminate()
-    proc.wait(10)
-    log.close()
 
 
 def _inputs(path: Path) -> None:
@@ -95,21 +45,19 @@ def _shard_rows(s3, prefix: str) -> int:
     return sum(pq.ParquetFile(s3.open_input_file(f)).metadata.num_rows for f in _shards(s3, prefix))
 
 
-def test_a_synth_run_on_object_storage_is_killed_and_resumes_exactly_once(
-    tmp_path, models_dir, s3_env
-):
+def test_a_synth_run_on_object_storage_is_killed_and_resumes_exactly_once(tmp_path, models_dir, s3):
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
     from benchmarks.standin_server import serve
     from moaa_cluster.data.sources import Source, load_rows
 
-    env_s3, s3 = s3_env
+    env_s3, bucket, fs = s3.env, s3.bucket, s3.fs
     inputs = tmp_path / "inputs.jsonl"
     _inputs(inputs)
     want, want_rejects = load_rows([Source("bench", path=str(inputs))])
     assert len(want) == ROWS and len(want_rejects) == 2
-    run = f"s3://{BUCKET}/runs/synth-bench"
+    run = f"s3://{bucket}/runs/synth-bench"
     env = {**os.environ, **env_s3, "MOAA_MODELS_DIR": str(models_dir)}
     env.pop("RAY_ADDRESS", None)
     with serve(tokens=16) as url:
@@ -125,7 +73,7 @@ def test_a_synth_run_on_object_storage_is_killed_and_resumes_exactly_once(
             )
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:
-            if len(_shards(s3, f"{BUCKET}/runs/synth-bench")) >= 40:  # one listing a poll
+            if len(_shards(fs, f"{bucket}/runs/synth-bench")) >= 40:  # one listing a poll
                 break
             time.sleep(0.5)
         assert proc.poll() is None, f"ended before the kill: {log.read_text()[-3000:]}"
@@ -136,27 +84,51 @@ def test_a_synth_run_on_object_storage_is_killed_and_resumes_exactly_once(
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
         proc.wait()
-        at_kill = _shard_rows(s3, f"{BUCKET}/runs/synth-bench")
+        at_kill = _shard_rows(fs, f"{bucket}/runs/synth-bench")
         assert 40 <= at_kill < ROWS, at_kill
 
         again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
 
-    prefix = f"{BUCKET}/runs/synth-bench"
-    sft = pads.dataset(f"{prefix}/sft", format="parquet", filesystem=s3).to_table(columns=["id"])
+    prefix = f"{bucket}/runs/synth-bench"
+    sft = pads.dataset(f"{prefix}/sft", format="parquet", filesystem=fs).to_table(columns=["id"])
     seen = Counter(sft["id"].to_pylist())
     assert sorted(seen) == sorted(r["id"] for r in want), "every row, none extra"
     assert max(seen.values()) == 1, "no row twice"
-    single = pads.dataset(f"{prefix}/sft.parquet", format="parquet", filesystem=s3)
+    single = pads.dataset(f"{prefix}/sft.parquet", format="parquet", filesystem=fs)
     assert single.count_rows() == ROWS
-    with s3.open_input_stream(f"{prefix}/manifest.json") as fh:
+    with fs.open_input_stream(f"{prefix}/manifest.json") as fh:
         manifest = json.loads(fh.read())
     counts = manifest["counts"]
     assert counts["rows_resumed"] == at_kill and counts["rows_ok"] == ROWS
     assert counts["rejects_input"] == 2 and manifest["status"] == "complete"
-    with s3.open_input_stream(f"{prefix}/rejects.jsonl") as fh:
+    with fs.open_input_stream(f"{prefix}/rejects.jsonl") as fh:
         rejects = [json.loads(line) for line in fh.read().decode().splitlines()]
     assert sorted(r["where"] for r in rejects) == sorted(r["where"] for r in want_rejects)
-    infos = s3.get_file_info(pafs.FileSelector(f"{prefix}/rejects", allow_not_found=True))
+    infos = fs.get_file_info(pafs.FileSelector(f"{prefix}/rejects", allow_not_found=True))
     assert infos, "the read tasks wrote their reject parts next to the run"
     assert "resume_scan" in manifest["timings_s"]
+
+    # the next stage on the same storage: SFT reads the synth run from the bucket, Ray Train
+    # keeps its storage_path there, the exported model lands there; a rerun finds it complete
+    sft_run = f"s3://{bucket}/runs/sft-bench"
+    train = [sys.executable, "-m", "moaa_cluster.cli", "train-sft", f"data={run}"]
+    train += [f"output_dir={sft_run}", "lora=r16", "limit=4", "train.args.max_steps=1"]
+    train += ["train.args.save_steps=1", "train.args.max_length=128"]
+    trained = subprocess.run(train, env=env, capture_output=True, text=True, timeout=900)
+    assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
+    key = f"{bucket}/runs/sft-bench"
+    with fs.open_input_stream(f"{key}/manifest.json") as fh:
+        sft_manifest = json.loads(fh.read())
+    assert sft_manifest["status"] == "complete" and sft_manifest["counts"]["steps"] == 1
+    assert sft_manifest["counts"]["rows"] == 4 and sft_manifest["data"] == run
+    for name in ("model/config.json", "model/model.safetensors", "train_data.parquet"):
+        assert fs.get_file_info(f"{key}/{name}").type == pafs.FileType.File, name
+    with fs.open_input_stream(f"{key}/metrics.jsonl") as fh:
+        assert any("loss" in json.loads(line) for line in fh.read().decode().splitlines())
+    left = fs.get_file_info(pafs.FileSelector(f"{key}/ray_train", allow_not_found=True))
+    dirs = [i.base_name for i in left if i.type == pafs.FileType.Directory]
+    ckpts = [d for d in dirs if d.startswith("checkpoint_")]
+    assert left and not ckpts, "the optimizer-state checkpoints were deleted, Ray's state kept"
+    again = subprocess.run(train, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stdout[-2000:]

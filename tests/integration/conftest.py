@@ -28,7 +28,7 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session(compose, models_dir):
+def ray_session(compose, models_dir, s3):
     import ray
     from omegaconf import OmegaConf
 

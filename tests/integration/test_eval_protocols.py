@@ -43,7 +43,7 @@ def run_eval(compose, models_dir, ray_session):
     from moaa_cluster.pipeline.evaluate import evaluate
     from moaa_cluster.runs.options import RunOptions
 
-    def _run(run_dir: Path, overrides: list[str]) -> dict:
+    def _run(run_dir: Path | str, overrides: list[str]) -> dict:
         cfg = compose("eval", [f"models_dir={models_dir}", "sampling.max_tokens=48", *overrides])
         plain = OmegaConf.to_container(cfg, resolve=True)
         judge, judge_specs = build.eval_judge(cfg)
@@ -61,11 +61,17 @@ def _judgments(run_dir: Path) -> list[dict]:
     return pq.read_table(run_dir / "judgments.parquet").to_pylist()
 
 
-def test_alpaca_eval2_reads_the_preference_from_the_engines_logprobs(run_eval, tmp_path):
+def _judgments_s3(s3, run_dir: str) -> list[dict]:
+    return pq.read_table(s3.key(f"{run_dir}/judgments.parquet"), filesystem=s3.fs).to_pylist()
+
+
+def test_alpaca_eval2_reads_the_preference_from_the_engines_logprobs(run_eval, tmp_path, s3):
+    """Its run directory is on the session's S3-compatible server (moto)."""
     q = _pick(ARENA / "question.jsonl", tmp_path / "q.jsonl", "uid", ARENA_IDS)
     answers = ARENA / "model_answer" / "gpt-4-0314.jsonl"
+    run_dir = s3.uri("eval-alpaca")
     s = run_eval(
-        tmp_path / "run",
+        run_dir,
         [
             "protocol=alpaca_eval2",
             f"questions={q}",
@@ -78,7 +84,9 @@ def test_alpaca_eval2_reads_the_preference_from_the_engines_logprobs(run_eval, t
     # the judge config recovers: an answer naming neither m nor M is asked again, decoding
     # constrained to the two identifiers, so every question ends up read
     assert s["evaluated"] == 2 and (p["judged"], p["unparsed"]) == (2, 0)
-    rows = _judgments(tmp_path / "run")
+    assert json.loads(s3.read(f"{run_dir}/summary.json")) == json.loads(json.dumps(s, default=str))
+    rows = _judgments_s3(s3, run_dir)
+    assert len(rows) == 2 and s3.exists(f"{run_dir}/answers.parquet")
     for r in rows:
         detail = json.loads(r["judge"])
         assert detail["top"], "the engine returned no top logprobs"  # logprobs reached us

@@ -1,4 +1,7 @@
-"""Real-stack stage 2 on the session's Ray cluster: candidates, MoA judge, DPO pairs."""
+"""Real-stack stage 2 on the session's Ray cluster: candidates, MoA judge, DPO pairs.
+
+The prefs and judge-eval runs keep their run directories on the session's S3-compatible
+server (moto): the workers' shards, the outputs and the manifest go through object storage."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ def run_prefs(compose, models_dir, ray_session):
     from moaa_cluster.pipeline.prefs import SAMPLER, make_preferences
     from moaa_cluster.runs.options import RunOptions
 
-    def _run(run_dir: Path, overrides: list[str], sample_only: bool = False) -> dict:
+    def _run(run_dir: Path | str, overrides: list[str], sample_only: bool = False) -> dict:
         cfg = compose(
             "sample" if sample_only else "prefs", [f"models_dir={models_dir}", *overrides]
         )
@@ -42,8 +45,8 @@ def run_prefs(compose, models_dir, ray_session):
 
 
 @pytest.fixture(scope="module")
-def prefs_run(run_prefs, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("prefs_run")
+def prefs_run(run_prefs, s3):
+    run_dir = s3.uri("prefs_run")
     manifest = run_prefs(
         run_dir,
         [
@@ -60,16 +63,18 @@ def prefs_run(run_prefs, tmp_path_factory):
     return run_dir, manifest
 
 
-def test_prefs_writes_trl_pairs_with_provenance(prefs_run):
+def test_prefs_writes_trl_pairs_with_provenance(prefs_run, s3):
     run_dir, manifest = prefs_run
+    saved = json.loads(s3.read(f"{run_dir}/manifest.json"))
+    assert saved == json.loads(json.dumps(manifest, default=str))  # tuples are lists in JSON
     c = manifest["counts"]
     assert c["rows_failed"] == 0
     skips = ("identical", "no_preference", "all_truncated", "truncated_preferred")
     skipped = sum(c[f"skipped_{k}"] for k in skips)
     assert c["pairs"] + skipped == 3  # every instruction is a pair or a reject with its reason
-    rejects = [json.loads(x) for x in (run_dir / "rejects.jsonl").read_text().splitlines() if x]
+    rejects = [json.loads(x) for x in s3.read(f"{run_dir}/rejects.jsonl").splitlines() if x]
     assert len(rejects) == skipped
-    rows = pq.read_table(run_dir / "prefs.parquet").to_pylist()
+    rows = pq.read_table(s3.key(f"{run_dir}/prefs.parquet"), filesystem=s3.fs).to_pylist()
     assert len(rows) == c["pairs"]
     # all-truncated sets are not judged: none of their candidates could be chosen
     judged = c["pairs"] + c["skipped_no_preference"] + c["skipped_truncated_preferred"]
@@ -102,7 +107,7 @@ def test_prefs_writes_trl_pairs_with_provenance(prefs_run):
                 assert cmp["parse"] in ("none", "both")  # counted, never a silent default
 
 
-def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, tmp_path, capsys):
+def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, s3, capsys):
     if not HH.exists():
         pytest.skip(f"{HH} not available")
     from omegaconf import OmegaConf
@@ -122,8 +127,9 @@ def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, tm
     )
     judge, specs = build.judge(cfg.judge)
     judges = [judge, *(judge.single(m) for m in judge.models)]
+    run_dir = s3.uri("judge_eval")
     opts = RunOptions(
-        tmp_path,
+        run_dir,
         OmegaConf.to_container(cfg.cluster, resolve=True),
         limit=2,
         progress=False,
@@ -142,7 +148,9 @@ def test_judge_eval_on_hh_rlhf_prints_table(compose, models_dir, ray_session, tm
         assert 0.0 <= row["parse_fail_after"] <= row["parse_fail_before"] <= 1.0
         assert row["calls"] >= 2 * 2 * 3 and row["completion_tokens"] > 0
         assert row["judge"] in out
-    assert (tmp_path / "judge_eval.md").read_text().startswith("| judge |")
+    assert s3.read(f"{run_dir}/judge_eval.md").startswith(b"| judge |")
+    saved = json.loads(s3.read(f"{run_dir}/judge_eval.json"))
+    assert [r["judge"] for r in saved["table"]] == [r["judge"] for r in table]
 
 
 def test_sample_writes_distinct_seeded_candidates(run_prefs, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_local(compose):
+def ray_local(compose, s3):
     """The local Ray the product starts (``conf/cluster/local.yaml``), for the unit tests that
     run a Ray Data plan.
 

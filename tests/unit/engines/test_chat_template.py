@@ -366,7 +366,7 @@ def _ask(backend: OpenAIBackend, messages: list[dict]):
         try:
             return await backend.chat(messages, {"max_tokens": 4, "seed": 1})
         finally:
-            await backend._client.aclose()
+            await backend.close()
 
     return asyncio.run(go())
 
@@ -449,3 +449,36 @@ def test_serve_llm_backend_folds_before_building_the_request(monkeypatch, role, 
     sent = [dict(m) for m in handle.requests[-1].messages]
     assert sent == (fold_system(K1) if folded else K1)
     assert completion.system_folded is folded
+
+
+def test_openai_backend_http_error_is_an_inference_error_and_refused_is_transient():
+    """A server's error status is an ``InferenceError`` naming it; a refused connection
+    (nothing listening) is a transient error the rows retry through."""
+    import socket
+
+    from moaa_cluster.engines.backends import InferenceError
+    from moaa_cluster.engines.faults import is_transient
+
+    def busy(handler):
+        handler.send_response(503)
+        handler.send_header("Content-Length", "4")
+        handler.end_headers()
+        handler.wfile.write(b"busy")
+
+    server = _ChatServer()  # its handler class is its own: replacing do_POST touches no other
+    server.server.RequestHandlerClass.do_POST = busy
+    try:
+        spec = ModelSpec(name="m", backend="openai", base_url=server.base_url, system_role="native")
+        with pytest.raises(InferenceError, match="HTTP 503: busy") as err:
+            _ask(OpenAIBackend(spec), K1)
+        assert is_transient(err.value)
+    finally:
+        server.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}/v1"
+    spec = ModelSpec(name="m", backend="openai", base_url=url, system_role="native")
+    with pytest.raises(Exception) as refused:
+        _ask(OpenAIBackend(spec), K1)
+    assert is_transient(refused.value), repr(refused.value)

@@ -370,3 +370,40 @@ def test_the_summary_puts_the_sft_evaluation_before_the_final_one_with_its_metri
     short = write_report(pipeline_dir).read_text().split("## Cost")[0]
     assert "sft: alpaca_eval2 vs base: LC win rate 45.6% [25, 68]" in short
     assert short.index("- **eval_sft**") < short.index("- **eval**")
+
+
+def test_a_synth_run_written_as_a_dataset_directory_is_reported(tmp_path):
+    """``synth.single_file=false``: the rows are read from ``sft/``."""
+    run = tmp_path / "synth"
+    _synth(run)
+    (run / "sft").mkdir()
+    (run / "sft.parquet").rename(run / "sft" / "part-0.parquet")
+    text = write_report(run).read_text()
+    assert "no sft.parquet" not in text and "2 conversations" in text
+
+
+def test_report_of_a_pipeline_on_object_storage(pipeline_dir, s3, capsys):
+    """`moaa report s3://...`: read from the bucket, report.md and plots written back there."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    from moaa_cluster.runs import storage
+
+    uri = s3.uri("reports", uuid.uuid4().hex[:8], "pipe")
+    storage.copy_tree(pafs.LocalFileSystem(), str(pipeline_dir), uri)
+    storage.write_bytes(storage.join(uri, "synth", "shards", "part-1.parquet"), b"not read")
+    assert main([uri]) == 0
+    assert f"report: {uri}/report.md" in capsys.readouterr().out
+    remote = s3.read(f"{uri}/report.md").decode()
+    local = write_report(pipeline_dir).read_text()
+    assert f"moaa report {uri}" in remote and "/tmp/moaa-report-" not in remote
+
+    def headings(t):
+        return [line for line in t.splitlines() if line.startswith("#")]
+
+    assert headings(remote)[1:] == headings(local)[1:]  # the same sections, by the run's name
+    plots = s3.fs.get_file_info(pafs.FileSelector(s3.key(f"{uri}/plots")))
+    assert plots and all(s3.read(f"s3://{p.path}").startswith(PNG_MAGIC) for p in plots)
+    assert main([s3.uri("no-such-run")]) == 1
+    assert "does not exist" in capsys.readouterr().err
