@@ -25,7 +25,7 @@ def mt_bench_run(run_synth, tmp_path_factory) -> tuple[Path, dict]:
             f"dataset.sources.mt_bench.path={MT_BENCH}",
             "limit=3",
             "record_prompts=true",
-            "mixture.sampling.max_tokens=96",
+            "mixture.sampling.max_tokens=48",
             # every row in sft.parquet, cut off or not: these tests count and compare rows (the
             # exclusion rule is test_a_cli_synth's)
             "truncated=keep",
@@ -71,7 +71,7 @@ def test_resume_redoes_only_missing_rows(mt_bench_run, run_synth):
             f"dataset.sources.mt_bench.path={MT_BENCH}",
             "limit=3",
             "record_prompts=true",
-            "mixture.sampling.max_tokens=96",
+            "mixture.sampling.max_tokens=48",
             "truncated=keep",
             "cluster.batch_size=1",
         ],
@@ -95,7 +95,7 @@ def test_layer_by_layer_matches_the_resident_run_and_resumes_by_pass(
         f"dataset.sources.mt_bench.path={MT_BENCH}",
         "limit=3",
         "record_prompts=true",
-        "mixture.sampling.max_tokens=96",
+        "mixture.sampling.max_tokens=48",
         "truncated=keep",
         "execution=layered",
     ]
