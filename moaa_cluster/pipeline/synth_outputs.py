@@ -103,9 +103,24 @@ def finished_block(batch: pa.Table, final_layer: int) -> pa.Table:
     return done.append_column("truncated", truncated_flags(done, final_layer)).cast(SFT_SCHEMA)
 
 
-def _failures(failed: list[dict], finished) -> list[dict]:
+def _finished_among(shards, ids: set[str]) -> set[str]:
+    """Which of ``ids`` (the failed rows': few) have a finished row too, found in the shards
+    already read (a failure retried to success by a rerun). Nothing is read when none failed."""
+    if not ids:
+        return set()
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted(ids), pa.string())
+
+    def pick(batch: pa.Table) -> pa.Table:
+        done = pc.and_(pc.is_null(batch["error"]), pc.is_in(batch["id"], value_set=wanted))
+        return batch.filter(done).select(["id"])
+
+    return {r["id"] for r in shards.map_batches(pick, batch_format="pyarrow").take_all()}
+
+
+def _failures(failed: list[dict], done: set[str]) -> list[dict]:
     """The reject records of rows that failed and never finished (the last failure each)."""
-    done = set(finished.to_pylist())
     last = {
         r["id"]: r
         for r in sorted(failed, key=lambda r: r["finished_at"] or 0.0)
@@ -221,7 +236,7 @@ def write_outputs(
     time. ``rejects.jsonl``: the input rejects the read tasks wrote, then the rows that failed
     in inference.
     """
-    from moaa_cluster.runs.shards import finished_id_array, shard_dir
+    from moaa_cluster.runs.shards import shard_dir
 
     check_truncated_policy(truncated)
     run_dir = storage.run_path(run_dir)
@@ -232,7 +247,7 @@ def write_outputs(
     if files:
         shards = _shards(files).materialize()  # read once, for the counts and the writes
         counts, failed = _summarize(shards, final_layer, excluded)
-        failures = _failures(failed, finished_id_array(run_dir))
+        failures = _failures(failed, _finished_among(shards, {r["id"] for r in failed}))
         split_cut = excluded and bool(counts["rows_truncated_excluded"])
         _write_sft(shards, run_dir, counts, final_layer, split_cut, single_file)
     else:
