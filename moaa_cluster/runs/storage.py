@@ -62,19 +62,25 @@ def make_dir(path: str | Path) -> None:
     fs.create_dir(p, recursive=True)
 
 
-def list_files(directory: str | Path, suffix: str) -> list[str | Path]:
-    """The files of ``directory`` ending in ``suffix`` (not hidden), sorted by name; none when
-    the directory does not exist."""
+def _entries(directory: str | Path, kind: pafs.FileType, keep) -> list[str | Path]:
+    """The entries of ``directory`` of type ``kind`` whose names pass ``keep``, sorted by
+    name; none when the directory does not exist."""
     fs, p = _fs(directory)
     infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     names = sorted(
         posixpath.basename(i.path)
         for i in infos
-        if i.type == pafs.FileType.File
-        and i.path.endswith(suffix)
-        and not posixpath.basename(i.path).startswith(".")
+        if i.type == kind and keep(posixpath.basename(i.path))
     )
     return [join(directory, n) for n in names]
+
+
+def list_files(directory: str | Path, suffix: str) -> list[str | Path]:
+    """The files of ``directory`` ending in ``suffix`` (not hidden), sorted by name; none when
+    the directory does not exist."""
+    return _entries(
+        directory, pafs.FileType.File, lambda n: n.endswith(suffix) and not n.startswith(".")
+    )
 
 
 def kind(path: str | Path) -> str | None:
@@ -86,14 +92,7 @@ def kind(path: str | Path) -> str | None:
 
 def list_dirs(directory: str | Path, prefix: str = "") -> list[str | Path]:
     """The subdirectories of ``directory`` whose names start with ``prefix``, sorted."""
-    fs, p = _fs(directory)
-    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
-    names = sorted(
-        posixpath.basename(i.path)
-        for i in infos
-        if i.type == pafs.FileType.Directory and posixpath.basename(i.path).startswith(prefix)
-    )
-    return [join(directory, n) for n in names]
+    return _entries(directory, pafs.FileType.Directory, lambda n: n.startswith(prefix))
 
 
 def copy_tree(
