@@ -78,7 +78,7 @@ def _no_usage_stats_server(skip: bool) -> Iterator[None]:
     (169.254.169.254, and a DNS lookup of metadata.google.internal) whether or not usage
     stats are enabled. With the dashboard and usage stats off the process has nothing else
     to do, so it is not started; without it the run sends nothing off the host
-    (tests/integration/test_sweep_offline.py).
+    (tests/integration/test_a_cli_sweep_offline.py).
     """
     from ray._private import services
 

@@ -49,7 +49,7 @@ def test_pipeline_end_to_end_then_skips_when_complete(tmp_path: Path, models_dir
         "synth.truncated=keep",  # at 64 tokens most final answers are cut off: SFT on all 4
         "train_sft.args.max_steps=3",
         "prefs.limit=3",
-        "prefs.num_candidates=4",  # round robin: 6 pairs, 12 judged orders per prompt
+        "prefs.num_candidates=3",  # round robin: 3 pairs, 6 judged orders per prompt
         "prefs.sampling.max_tokens=48",
         "prefs.truncated=allow",  # at 48 tokens nearly every candidate is cut off
         "judge.sampling.max_tokens=64",

@@ -4,7 +4,7 @@ The packaged SmolLM2 answers 3 Arena-Hard questions and 2 two-turn MT-Bench ques
 baselines are the real GPT-4-0314 Arena-Hard answers and GPT-4 MT-Bench reference answers;
 SmolLM2 alone judges (the single-judge path), both orders. One more question of each set
 must be rejected before any engine starts: one too long for the 2048-token context, one
-without a reference answer. Its own process and local Ray, like the CLI synth test.
+without a reference answer. Its own process and local Ray, like the CLI sweep test.
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ def test_mixture_with_an_http_proposer(vllm_server, run_synth, tmp_path):
         [
             "limit=2",
             "record_prompts=true",
+            "mixture.sampling.max_tokens=48",
             f"+mixture.models.smol_http={{name: smol-http, backend: openai, base_url: '{vllm_server}', served_name: smol}}",
             "mixture.layers=[[{model: smollm2_135m_instruct}, {model: smol_http}], [{model: smollm2_135m_instruct}]]",
         ],

@@ -27,7 +27,7 @@ def mt_bench_run(run_synth, tmp_path_factory) -> tuple[Path, dict]:
             "record_prompts=true",
             "mixture.sampling.max_tokens=48",
             # every row in sft.parquet, cut off or not: these tests count and compare rows (the
-            # exclusion rule is test_a_cli_synth's)
+            # exclusion rule is checked in test_a_cli_sweep_offline)
             "truncated=keep",
             "cluster.batch_size=1",  # one shard per row, so resume has shards to keep and to redo
         ],

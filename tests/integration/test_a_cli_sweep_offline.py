@@ -1,7 +1,9 @@
-"""A Hydra sweep of the embedded default with nothing allowed off the host (issue #7, items 4-5).
+"""The main job through the real CLI, as a Hydra sweep with nothing allowed off the host.
 
-One real run: ``moaa synth -m mixture=embedded,embedded_single_proposer limit=2`` in its own
-process, inside a network namespace whose only way out is a dead end, with every Python
+One real run (issue #7, items 4-5, and the main job's CLI checks):
+``moaa synth -m mixture=embedded,embedded_single_proposer`` on a file mixing good and bad
+records, in its own process (file order: before the session cluster of the other integration
+tests exists), inside a network namespace whose only way out is a dead end, with every Python
 process (driver, Ray workers, Serve replicas, vLLM engine processes) loading the egress guard
 (``no_egress/sitecustomize.py``). Two detectors, one for each layer:
 
@@ -11,9 +13,13 @@ process (driver, Ray workers, Serve replicas, vLLM engine processes) loading the
   answers nothing. Any packet bound off the host, from any code (C extensions, DNS lookups),
   leaves through the sink and is counted in its TX packets.
 
-The test asserts the sweep's two run directories and its summary, that each point started
-its own Ray and left no placement group or process behind, and that both egress detectors
-stayed at zero. A first test proves that each detector does fire on a real attempt.
+The test asserts, for the default mixture's point, what the main job writes: TRL
+conversational rows with their provenance, each bad record in ``rejects.jsonl`` with its
+reason, the manifest, the summary line, the ``datasets`` view. For the sweep: its two run
+directories and its summary, that each point started its own Ray and left no placement group
+or process behind, and that both egress detectors stayed at zero. A first test proves that
+each detector does fire on a real attempt. (One run for both: each real-stack CLI run costs
+minutes of engine start and generation here.)
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ import pyarrow.parquet as pq
 
 GUARD_DIR = Path(__file__).resolve().parent / "no_egress"
 REPO = Path(__file__).resolve().parents[2]
+# The bad-input corpus is a fault-injection fixture (tests/faults/README.md): raw bytes, with
+# a sidecar listing each bad line's expected reject reason.
+CORPUS = REPO / "tests" / "faults" / "fixtures" / "bad_inputs.jsonl"
+EXPECTED = json.loads(CORPUS.with_name("bad_inputs.expected.json").read_text())
+BAD = EXPECTED["bad"]
+GOOD = 3  # good records in the corpus, one of them two turns
 TELEMETRY_OFF = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -184,9 +196,11 @@ def test_two_point_sweep_runs_clean_and_offline(tmp_path: Path, models_dir: Path
         "synth",
         "-m",
         "mixture=embedded,embedded_single_proposer",
-        "limit=2",
+        "~dataset.sources.embedded_demo",
+        f"+dataset.sources.fixture.path={CORPUS}",
+        "dataset.name=fixture",
+        "record_prompts=true",
         "mixture.sampling.max_tokens=32",
-        "truncated=keep",  # at 32 tokens most answers are cut off: keep them, the test counts rows
         f"output_root={tmp_path / 'outputs'}",
         f"hydra.sweep.dir={sweep}",
         "progress=false",
@@ -200,24 +214,28 @@ def test_two_point_sweep_runs_clean_and_offline(tmp_path: Path, models_dir: Path
     # --- two run directories, one per point, inside the sweep directory ------------------
     points = {
         "mixture=embedded": (
-            "0-synth-embedded-embedded_demo",
+            "0-synth-embedded-fixture",
             {"smollm2-135m-instruct", "gemma-3-270m"},
         ),
         "mixture=embedded_single_proposer": (
-            "1-synth-embedded_single_proposer-embedded_demo",
+            "1-synth-embedded_single_proposer-fixture",
             {"smollm2-135m-instruct"},
         ),
     }
     run_dirs = sorted(d.name for d in sweep.iterdir() if d.is_dir())
     assert run_dirs == sorted(name for name, _ in points.values())
-    assert not (tmp_path / "outputs" / "synth-embedded-embedded_demo").exists()
+    assert not (tmp_path / "outputs" / "synth-embedded-fixture").exists()
+    # each point's summary counts both: good rows generated, bad records rejected
+    line = f"rows: {GOOD} ok (1 multi-turn), 0 failed in inference, {len(BAD)} rejected on input"
+    assert proc.stdout.count(line) == 2, proc.stdout[-3000:]
     manifests = {}
     for override, (name, models) in points.items():
         run = sweep / name
-        rows = pq.read_table(run / "sft.parquet").to_pylist()
-        assert len(rows) == 2 and all(r["messages"][-1]["content"].strip() for r in rows)
+        rows = _sft_rows(run)
+        assert len(rows) == GOOD and all(r["messages"][-1]["content"].strip() for r in rows)
         m = json.loads((run / "manifest.json").read_text())
-        assert m["counts"]["rows_ok"] == 2 and m["counts"]["rows_failed"] == 0
+        assert m["counts"]["rows_ok"] == GOOD and m["counts"]["rows_failed"] == 0
+        assert m["counts"]["rejects_input"] == len(BAD)
         assert set(m["counts"]["tokens_per_model"]) == models  # the point's own mixture ran
         assert m["config"]["output_dir"] == str(run)
         assert not any(s["trust_remote_code"] for s in m["models"].values())
@@ -240,10 +258,10 @@ def test_two_point_sweep_runs_clean_and_offline(tmp_path: Path, models_dir: Path
     # --- the summary across points -------------------------------------------------------
     summary = json.loads((sweep / "summary.json").read_text())
     assert summary["task"] == "synth"
-    assert "limit=2" in summary["common_overrides"]
+    assert "dataset.name=fixture" in summary["common_overrides"]
     assert [p["point"] for p in summary["points"]] == [[o] for o in points]
     for p, m in zip(summary["points"], manifests.values(), strict=True):
-        assert p["status"] == "ok" and p["counts"]["rows_ok"] == 2
+        assert p["status"] == "ok" and p["counts"]["rows_ok"] == GOOD
         used = m["counts"]["tokens_per_model"].values()
         assert p["tokens"] == {
             "prompt": sum(t["prompt_tokens"] for t in used),
@@ -275,3 +293,93 @@ def test_two_point_sweep_runs_clean_and_offline(tmp_path: Path, models_dir: Path
         assert r["env"] == TELEMETRY_OFF, (r["cmdline"][:3], r["env"])
     # the dashboard is off, so Ray's API server (which probes cloud metadata) never started
     assert not any("dashboard/dashboard.py" in c for c in commands), commands
+
+    # --- what the main job wrote, for the default mixture's point --------------------------
+    _check_main_job(sweep / points["mixture=embedded"][0])
+
+
+def _sft_rows(run_dir: Path) -> list[dict]:
+    """sft.parquet + sft_truncated.parquet: a row whose final answer stopped at max_tokens
+    goes to the second (default ``truncated: exclude``)."""
+    cut = run_dir / "sft_truncated.parquet"
+    rows = pq.read_table(run_dir / "sft.parquet").to_pylist()
+    return rows + (pq.read_table(cut).to_pylist() if cut.exists() else [])
+
+
+def _check_main_job(run_dir: Path) -> None:
+    """A `moaa synth` run of the embedded default on the bad-input corpus."""
+    # --- SFT rows: TRL conversational format + provenance -------------------------------
+    kept = pq.read_table(run_dir / "sft.parquet").to_pylist()
+    cut_file = run_dir / "sft_truncated.parquet"
+    cut = pq.read_table(cut_file).to_pylist() if cut_file.exists() else []
+    rows = kept + cut
+    assert len(rows) == GOOD and len({r["id"] for r in rows}) == GOOD
+    for row, truncated in [(r, False) for r in kept] + [(r, True) for r in cut]:
+        finals = [c for c in row["calls"] if c["layer"] == 1]
+        assert row["truncated"] is truncated
+        assert any(c["finish_reason"] == "length" for c in finals) is truncated
+    for row in rows:
+        users = [m for m in row["messages"] if m["role"] == "user"]
+        assistants = [m for m in row["messages"] if m["role"] == "assistant"]
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * len(users)
+        assert all(a["content"].strip() for a in assistants)
+        n_turns = len(users)
+        assert len(row["calls"]) == 3 * n_turns  # two proposers + aggregator per turn
+        for t in range(n_turns):
+            props = [c for c in row["calls"] if c["turn"] == t and c["layer"] == 0]
+            (agg,) = [c for c in row["calls"] if c["turn"] == t and c["layer"] == 1]
+            assert {c["model"] for c in props} == {"smollm2-135m-instruct", "gemma-3-270m"}
+            assert agg["model"] == "smollm2-135m-instruct"
+            assert assistants[t]["content"] == agg["text"]
+            agg_messages = json.loads(agg["prompt"])
+            system = agg_messages[0]
+            assert system["role"] == "system"
+            for i, p in enumerate(props, start=1):
+                assert f"\n{i}. {p['text']}" in system["content"]  # every answer, numbered
+            # the engine's own count: the aggregator prompt is at least as long as the answers
+            assert agg["prompt_tokens"] > sum(p["completion_tokens"] for p in props)
+            for c in row["calls"]:
+                assert c["finish_reason"] in ("stop", "length")
+                assert c["completion_tokens"] > 0
+            if t == 1:  # Eq. 3: every seat of turn 2 sees turn 1's aggregated answer
+                turn0_agg = next(c for c in row["calls"] if c["turn"] == 0 and c["layer"] == 1)
+                for c in row["calls"]:
+                    if c["turn"] == 1:
+                        msgs = [m for m in json.loads(c["prompt"]) if m["role"] != "system"]
+                        assert msgs[1] == {"role": "assistant", "content": turn0_agg["text"]}
+
+    # --- rejects: each bad line with its reason; nothing lost ---------------------------
+    rejects = [json.loads(x) for x in (run_dir / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == len(BAD)
+    reasons = " | ".join(r["reason"] for r in rejects)
+    for bad in BAD:  # each bad line once, at its own line, with its specific reason
+        (hit,) = [r for r in rejects if bad["reason"] in r["reason"]]
+        if bad["where"] is not None:
+            assert hit["where"] == bad["where"], (bad, hit)
+    assert "duplicate of bad_inputs.jsonl:1" in reasons  # names the line it repeats
+
+    # --- manifest ----------------------------------------------------------------------
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["counts"]["rows_in"] == len(EXPECTED["good_lines"]) + len(BAD)
+    assert manifest["timings_s"]["engine_start"] > 0
+    assert manifest["models"]["smollm2_135m_instruct"]["checksums"]["model.safetensors"]
+    assert manifest["versions"]["ray"] == "2.60.0"
+
+    # --- loads with `datasets`, ablations derive without inference ----------------------
+    import datasets
+
+    files = [str(run_dir / "sft.parquet")] + ([str(cut_file)] if cut_file.exists() else [])
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")  # both files
+    assert ds.num_rows == GOOD and ds[0]["messages"][0]["role"] == "user"
+    assert sum(ds["truncated"]) == len(cut)
+    # the same rows as parquet datasets (directories written by the Ray Data workers)
+    by_dir = datasets.load_dataset("parquet", data_dir=str(run_dir / "sft"), split="train")
+    assert sorted(by_dir["id"]) == sorted(r["id"] for r in kept)
+    assert (run_dir / "sft_truncated").is_dir() is bool(cut)
+    from moaa_cluster.pipeline.derive import derive
+
+    combined = derive(rows, "combined")
+    assert len(combined) == 2 * GOOD and {r["teacher"] for r in combined} == {
+        "smollm2-135m-instruct",
+        "gemma-3-270m",
+    }
