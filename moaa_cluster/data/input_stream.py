@@ -2,9 +2,10 @@
 through the driver.
 
 A source is cut into read units on the driver from file listings alone (a file, each data
-file of a directory, a saved ``datasets`` directory, a hub split). Ray Data read tasks read
-the units (:func:`moaa_cluster.data.records.read_records`, so formats, byte-order marks and
-malformed lines behave exactly as in :func:`moaa_cluster.data.sources.load_rows`) and
+file of a directory, a saved ``datasets`` directory, a hub split; local or on object
+storage). Ray Data read tasks read the units (:func:`moaa_cluster.data.sources.file_records`:
+an object is copied to the worker's local disk, so formats, byte-order marks and malformed
+lines behave exactly as in :func:`moaa_cluster.data.sources.load_rows`) and
 validate every record into a row in the same task; a task writes its rejects, with their
 reasons, as one JSONL part under the run's ``rejects/``. What reaches the driver is
 unit-sized or duplicate-sized, never row-sized:
@@ -23,15 +24,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import pyarrow as pa
 
 from moaa_cluster.data import sources
-from moaa_cluster.data.records import Reject, read_records
+from moaa_cluster.data.records import Reject
 from moaa_cluster.data.sources import (
     Source,
     data_paths,
+    file_records,
     hub_records,
     input_reject,
     picked,
@@ -54,7 +55,7 @@ class Unit:
 
     index: int  # read order across all sources
     source: str
-    path: str | None  # None: the source's hub split
+    path: str | None  # a local path or a URI; None: the source's hub split
     split: str = "train"
     hub_id: str | None = None
     subset: str | None = None
@@ -74,7 +75,7 @@ def unit_records(unit: Unit) -> Iterator[tuple[str, object]]:
     if unit.path is None:
         src = Source(unit.source, hub_id=unit.hub_id, subset=unit.subset, split=unit.split)
         return hub_records(src)
-    return read_records(Path(unit.path), unit.split)
+    return file_records(unit.path, unit.split)
 
 
 def unit_rows(unit: Unit, picks: list[int] | None) -> Iterator[tuple[dict | None, dict | None]]:

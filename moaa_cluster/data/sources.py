@@ -9,12 +9,17 @@ Files are read by :mod:`moaa_cluster.data.records` (formats, byte-order marks, t
 text UTF-8 cannot encode); a record can fail only itself: whatever goes wrong while reading,
 adapting or hashing it becomes its reject, never a failed run. A directory that is not a saved
 ``datasets`` directory is read as its data files, in name order.
+
+A source's ``path`` may be on object storage (``s3://bucket/prefix/file.jsonl``, or a prefix
+read as a directory): it is listed like a local directory, and each object is read from a
+local temporary copy by the same readers, its rejects located by the URI.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from moaa_cluster.data.adapters import stable_id, to_conversation
-from moaa_cluster.data.records import Reject, dataset_records, describe, read_records
+from moaa_cluster.data.records import (
+    Reject,
+    UnreadableFile,
+    dataset_records,
+    describe,
+    read_records,
+)
+from moaa_cluster.errors import ConfigError
+from moaa_cluster.runs import storage
 from moaa_cluster.runs.files import jsonable
 
 # the columns of a row as both readers make it (load_rows, data.input_stream)
@@ -48,8 +61,8 @@ class Source:
 
     Attributes:
         name: Source name; part of every row's id and written as the row's ``source``.
-        path: JSONL/JSON/Parquet file, a ``datasets.save_to_disk`` directory, or
-            ``builtin:demo``.
+        path: JSONL/JSON/Parquet file, a directory of them, a ``datasets.save_to_disk``
+            directory (any of them local or an object-storage URI), or ``builtin:demo``.
         hub_id: ``datasets`` hub id, used when ``path`` is unset (needs the hub enabled).
         split: Split to read from a hub dataset or a DatasetDict directory.
         limit: Keep at most this many records.
@@ -69,13 +82,36 @@ def _hub_enabled() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False")
 
 
-def resolve(src: Source) -> Path | None:
-    """The local path ``src`` reads (a builtin resolved), or None when it reads the hub.
+def _missing_hint(src: Source) -> str:
+    return f" (or enable the hub, HF_HUB_OFFLINE=0, to read {src.hub_id})" if src.hub_id else ""
+
+
+def _resolve_uri(src: Source) -> str | None:
+    """:func:`resolve` for a ``path`` on object storage."""
+    try:
+        found = storage.kind(src.path)
+    except OSError as exc:  # no access, no such bucket endpoint, ...
+        reason = " ".join(str(exc).split())  # one line
+        raise ConfigError(f"source {src.name}: cannot read {src.path}: {reason}") from exc
+    if found is not None:
+        return src.path
+    if src.hub_id and _hub_enabled():
+        return None
+    raise ConfigError(f"source {src.name}: {src.path} does not exist{_missing_hint(src)}")
+
+
+def resolve(src: Source) -> Path | str | None:
+    """The path ``src`` reads (a builtin resolved; a URI stays a string), or None when it
+    reads the hub.
 
     Raises:
-        FileNotFoundError: The path does not exist (with a hint when the hub could read it).
+        FileNotFoundError: The local path does not exist (with a hint when the hub could
+            read it).
+        ConfigError: The object or prefix a URI names does not exist (or cannot be listed).
         ValueError: Neither ``path`` nor ``hub_id`` is set.
     """
+    if src.path and storage.is_uri(src.path):
+        return _resolve_uri(src)
     local_missing = (
         src.path
         and not src.path.startswith("builtin:")
@@ -91,12 +127,7 @@ def resolve(src: Source) -> Path | None:
             return BUILTIN[key]
         path = Path(os.path.expanduser(src.path))
         if not path.exists():
-            hint = (
-                f" (or enable the hub, HF_HUB_OFFLINE=0, to read {src.hub_id})"
-                if src.hub_id
-                else ""
-            )
-            raise FileNotFoundError(f"source {src.name}: {path} does not exist{hint}")
+            raise FileNotFoundError(f"source {src.name}: {path} does not exist{_missing_hint(src)}")
         return path
     if src.hub_id:
         return None
@@ -116,9 +147,11 @@ DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
-def data_paths(src: Source, path: Path) -> list[Path]:
+def data_paths(src: Source, path: Path | str) -> list[Path] | list[str]:
     """What ``path`` reads as: itself (a file, a saved dataset), or, for any other directory,
-    its data files (``DATA_SUFFIXES``, at any depth) in name order."""
+    its data files (``DATA_SUFFIXES``, at any depth) in name order (URIs for a URI)."""
+    if storage.is_uri(path):
+        return _uri_data_paths(src, path)
     if not path.is_dir() or any((path / m).exists() for m in SAVED_MARKERS):
         return [path]
     files = sorted(f for f in path.rglob("*") if f.is_file() and f.name.endswith(DATA_SUFFIXES))
@@ -127,13 +160,51 @@ def data_paths(src: Source, path: Path) -> list[Path]:
     return files
 
 
+def _uri_data_paths(src: Source, uri: str) -> list[str]:
+    """:func:`data_paths` of an object-storage URI, from one listing; the order is the one
+    ``sorted`` gives the same files as local ``Path``s (by path components)."""
+    if storage.kind(uri) != "dir":
+        return [uri]
+    found = storage.walk_files(uri)
+    if any(f in SAVED_MARKERS for f in found):
+        return [uri]
+    files = sorted((f for f in found if f.endswith(DATA_SUFFIXES)), key=lambda f: f.split("/"))
+    if not files:
+        raise ConfigError(f"source {src.name}: no data files ({DATA_SUFFIXES}) in {uri}")
+    return [str(storage.join(uri, f)) for f in files]
+
+
+def file_records(path: Path | str, split: str = "train") -> Iterator[tuple[str, object]]:
+    """:func:`~moaa_cluster.data.records.read_records` of one of :func:`data_paths`' paths; an
+    object-storage URI is read from a local temporary copy, its locations naming the URI."""
+    if storage.is_uri(path):
+        return _object_records(str(path), split)
+    return read_records(path, split)
+
+
+def _object_records(uri: str, split: str) -> Iterator[tuple[str, object]]:
+    shown = uri.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="moaa-input-") as tmp:
+        try:
+            local = storage.fetch(uri, Path(tmp))
+        except OSError as exc:  # gone since it was listed, no access
+            raise UnreadableFile(f"cannot read {shown}: {describe(exc)}") from exc
+        # every location read_records gives starts with the copy's name, the object's name
+        name = local.name
+        try:
+            for where, rec in read_records(local, split):
+                yield (shown + where[len(name) :] if where.startswith(name) else where), rec
+        except UnreadableFile as exc:
+            raise UnreadableFile(str(exc).replace(str(local), shown)) from exc
+
+
 def _records(src: Source) -> Iterator[tuple[str, object]]:
     path = resolve(src)
     if path is None:
         yield from hub_records(src)
         return
     for f in data_paths(src, path):
-        yield from read_records(f, src.split)
+        yield from file_records(f, src.split)
 
 
 def picked(total: int, limit: int | None, seed: int | None) -> range | list[int]:

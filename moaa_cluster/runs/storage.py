@@ -83,6 +83,15 @@ def list_files(directory: str | Path, suffix: str) -> list[str | Path]:
     )
 
 
+def walk_files(directory: str | Path) -> list[str]:
+    """Every file under ``directory`` at any depth, as ``/``-separated paths relative to it
+    (hidden ones too), in listing order; none when the directory does not exist."""
+    fs, root = _fs(directory)
+    root = root.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return [i.path[len(root) + 1 :] for i in infos if i.type == pafs.FileType.File]
+
+
 def kind(path: str | Path) -> str | None:
     """``"file"``, ``"dir"``, or None when nothing is at ``path``."""
     fs, p = _fs(path)

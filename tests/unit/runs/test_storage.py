@@ -62,6 +62,15 @@ def test_shards_resume_and_consolidate_on_any_storage(run_dir):
     assert finished_ids(run_dir) == set() and consolidate(run_dir) == ([], [])
 
 
+def test_walk_files_lists_every_file_at_any_depth(run_dir):
+    for rel in ("b.jsonl", "a/c.jsonl", "a/d/.hidden.jsonl"):
+        storage.write_bytes(storage.join(run_dir, "in", *rel.split("/")), b"x")
+    storage.make_dir(storage.join(run_dir, "in", "empty"))
+    found = storage.walk_files(storage.join(run_dir, "in"))
+    assert sorted(found) == ["a/c.jsonl", "a/d/.hidden.jsonl", "b.jsonl"]
+    assert storage.walk_files(storage.join(run_dir, "nope")) == []
+
+
 def test_directories_listed_copied_and_fetched(run_dir, tmp_path):
     for name in ("checkpoint_000001", "checkpoint_000002", "other"):
         storage.write_bytes(storage.join(run_dir, "ray_train", name, "f.bin"), b"x" * 10)
