@@ -45,7 +45,7 @@ settings.register_profile(
     "default", max_examples=60, deadline=None, database=None, suppress_health_check=_SLOW_OK
 )
 settings.register_profile(
-    "ci-long", max_examples=500, deadline=None, database=None, suppress_health_check=_SLOW_OK
+    "ci-long", max_examples=250, deadline=None, database=None, suppress_health_check=_SLOW_OK
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
