@@ -7,8 +7,6 @@ importing this module (``moaa --help``) stays instant.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def manifest_extra(cfg) -> dict:
     """What every task's manifest records of its invocation: the resolved config and, for a
@@ -113,7 +111,7 @@ def judge_eval_task(cfg, opts) -> None:
     if cfg.single_judges:
         judges += [judge.single(m) for m in judge.models]
     evaluate_judges(
-        Path(cfg.pairs),
+        str(cfg.pairs),  # a local path or an object-storage URI
         judges,
         specs,
         opts,

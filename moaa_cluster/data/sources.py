@@ -12,7 +12,9 @@ adapting or hashing it becomes its reject, never a failed run. A directory that 
 
 A source's ``path`` may be on object storage (``s3://bucket/prefix/file.jsonl``, or a prefix
 read as a directory): it is listed like a local directory, and each object is read from a
-local temporary copy by the same readers, its rejects located by the URI.
+local temporary copy by the same readers, its rejects located by the URI. The other files a
+user names by path (baseline answers, labeled judge pairs, a benchmark's files) are read the
+same way through :func:`input_records`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -86,13 +89,29 @@ def _missing_hint(src: Source) -> str:
     return f" (or enable the hub, HF_HUB_OFFLINE=0, to read {src.hub_id})" if src.hub_id else ""
 
 
+def object_kind(uri: str, what: str) -> str | None:
+    """:func:`~moaa_cluster.runs.storage.kind` of ``uri``; a failed look-up (no access, no such
+    bucket endpoint, ...) is a one-line ``ConfigError`` naming ``what`` and the URI."""
+    try:
+        return storage.kind(uri)
+    except OSError as exc:
+        reason = " ".join(str(exc).split())  # one line
+        raise ConfigError(f"{what}: cannot read {uri}: {reason}") from exc
+
+
+def require_object(uri: str, what: str) -> None:
+    """Checks that an object (or a prefix) is at ``uri``.
+
+    Raises:
+        ConfigError: Nothing is at ``uri``, or it cannot be looked up.
+    """
+    if object_kind(uri, what) is None:
+        raise ConfigError(f"{what}: {uri} does not exist")
+
+
 def _resolve_uri(src: Source) -> str | None:
     """:func:`resolve` for a ``path`` on object storage."""
-    try:
-        found = storage.kind(src.path)
-    except OSError as exc:  # no access, no such bucket endpoint, ...
-        reason = " ".join(str(exc).split())  # one line
-        raise ConfigError(f"source {src.name}: cannot read {src.path}: {reason}") from exc
+    found = object_kind(src.path, f"source {src.name}")
     if found is not None:
         return src.path
     if src.hub_id and _hub_enabled():
@@ -174,25 +193,43 @@ def _uri_data_paths(src: Source, uri: str) -> list[str]:
     return [str(storage.join(uri, f)) for f in files]
 
 
+# reads the records of a local file or directory: (where, record or Reject) pairs
+Reader = Callable[[Path], Iterator[tuple[str, object]]]
+
+
 def file_records(path: Path | str, split: str = "train") -> Iterator[tuple[str, object]]:
     """:func:`~moaa_cluster.data.records.read_records` of one of :func:`data_paths`' paths; an
     object-storage URI is read from a local temporary copy, its locations naming the URI."""
     if storage.is_uri(path):
-        return _object_records(str(path), split)
+        return object_records(str(path), partial(read_records, split=split))
     return read_records(path, split)
 
 
-def _object_records(uri: str, split: str) -> Iterator[tuple[str, object]]:
+def input_records(
+    path: Path | str, what: str, read: Reader = read_records
+) -> Iterator[tuple[str, object]]:
+    """``read`` of one input file a user names (baseline answers, labeled pairs, a benchmark's
+    file): a local path as it is; a URI is checked at once (a missing object is a
+    ``ConfigError`` naming ``what``), then read as :func:`object_records` reads it."""
+    if not storage.is_uri(path):
+        return read(Path(path))
+    require_object(str(path), what)
+    return object_records(str(path), read)
+
+
+def object_records(uri: str, read: Reader) -> Iterator[tuple[str, object]]:
+    """``read`` of a local temporary copy of the object (or prefix) ``uri``; every location it
+    gives, and the message of an :class:`UnreadableFile` it raises, name the URI instead."""
     shown = uri.rstrip("/")
     with tempfile.TemporaryDirectory(prefix="moaa-input-") as tmp:
         try:
             local = storage.fetch(uri, Path(tmp))
         except OSError as exc:  # gone since it was listed, no access
             raise UnreadableFile(f"cannot read {shown}: {describe(exc)}") from exc
-        # every location read_records gives starts with the copy's name, the object's name
+        # every location a reader gives starts with the copy's name, the object's name
         name = local.name
         try:
-            for where, rec in read_records(local, split):
+            for where, rec in read(local):
                 yield (shown + where[len(name) :] if where.startswith(name) else where), rec
         except UnreadableFile as exc:
             raise UnreadableFile(str(exc).replace(str(local), shown)) from exc

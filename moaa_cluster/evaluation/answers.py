@@ -21,18 +21,21 @@ answer record has no id. When an answer record also carries its question's text 
 text differs from the question, the pair is refused: the ids collide across two sets.
 
 Answer files are read by :mod:`moaa_cluster.data.records`; a record that cannot be read or
-used is a reject with its reason, never a failed evaluation.
+used is a reject with its reason, never a failed evaluation. Question and answer files may be
+on object storage (``s3://...``), read as instruction sources are
+(:mod:`moaa_cluster.data.sources`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from moaa_cluster.data.chat import chat_messages
 from moaa_cluster.data.records import Reject, describe, read_records
-from moaa_cluster.data.sources import Source
+from moaa_cluster.data.sources import Source, input_records
+from moaa_cluster.runs import storage
 
 ID_KEYS = ("question_id", "uid", "source_id", "prompt_id", "id")
 
@@ -63,14 +66,20 @@ def question_sources(paths: str | Path | list) -> list[Source]:
         raise ValueError("no questions file given")
     sources, names = [], set()
     for p in items:
-        path = Path(str(p)).expanduser()
-        name = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+        path = storage.expand(p)
+        name = _source_name(path)
         base, k = name, 2
         while name in names:
             name, k = f"{base}#{k}", k + 1
         names.add(name)
-        sources.append(Source(name=name, path=str(path)))
+        sources.append(Source(name=name, path=path))
     return sources
+
+
+def _source_name(path: str) -> str:
+    """``<parent dir>/<file stem>`` of a local path or a URI (its bucket counts as a dir)."""
+    named = PurePosixPath(path.split("://", 1)[1]) if storage.is_uri(path) else Path(path)
+    return f"{named.parent.name}/{named.stem}" if named.parent.name else named.stem
 
 
 def _content(value: object, what: str) -> str:
@@ -188,6 +197,22 @@ def _records(path: Path) -> Iterator[tuple[str, object]]:
     return read_records(path)
 
 
+def _baseline_records(given: str | Path) -> tuple[str, Iterator[tuple[str, object]]]:
+    """A baseline answers file as named in outputs, and its records (an object on object
+    storage read as :func:`~moaa_cluster.data.sources.input_records` reads it).
+
+    Raises:
+        FileNotFoundError: A local file does not exist.
+        ConfigError: An object does not exist.
+    """
+    path = storage.expand(given)
+    if storage.is_uri(path):
+        return path, input_records(path, "baseline answers")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"baseline answers {path} do not exist")
+    return path, _records(Path(path))
+
+
 @dataclass
 class BaselineIndex:
     """Baseline answers indexed by question id and by question text."""
@@ -238,11 +263,9 @@ def load_baseline(paths: str | Path | list) -> tuple[BaselineIndex, list[dict]]:
     rejects: list[dict] = []
     files = []
     for p in items:
-        path = Path(str(p)).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"baseline answers {path} do not exist")
-        files.append(str(path))
-        for where, rec in _records(path):
+        path, records = _baseline_records(p)
+        files.append(path)
+        for where, rec in records:
             try:
                 if isinstance(rec, Reject):
                     raise rec

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
+from moaa_cluster.runs import storage
 
 PROTOCOLS = ("pairwise", "alpaca_eval2", "arena_hard", "mt_bench")
 MODEL_POSITIONS = ("fixed", "random")
@@ -97,7 +98,7 @@ class Baseline:
     name: str | None = None
 
     def files(self) -> list[str] | None:
-        """The answers files, user-expanded; None for a baseline model.
+        """The answers files, user-expanded (a URI as given); None for a baseline model.
 
         Raises:
             ConfigError: Neither or both of ``answers`` and ``model``.
@@ -110,7 +111,7 @@ class Baseline:
         if self.answers is None:
             return None
         items = self.answers if isinstance(self.answers, list) else [self.answers]
-        return [str(Path(str(p)).expanduser()) for p in items]
+        return [storage.expand(p) for p in items]
 
     def display_name(self) -> str:
         """The baseline's name in the summary and the report."""

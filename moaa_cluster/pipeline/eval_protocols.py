@@ -23,10 +23,13 @@ scored; the judge's text is kept in the row's ``judge`` JSON.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+from moaa_cluster.data.sources import input_records, object_kind
 from moaa_cluster.evaluation.protocols import alpaca_eval2, arena_hard, mt_bench
 from moaa_cluster.evaluation.settings import ProtocolSettings
+from moaa_cluster.runs import storage
 from moaa_cluster.seeds import derive_seed
 
 
@@ -165,18 +168,33 @@ async def grade_mt_bench(
     return out
 
 
+def _jsonl_file(path: str) -> bool:
+    """Whether ``path`` is a JSONL file, local or an object on object storage."""
+    if Path(path).suffix != ".jsonl":
+        return False
+    if storage.is_uri(path):
+        return object_kind(path, "questions") == "file"
+    return Path(path).is_file()
+
+
+def _parsed_lines(path: Path) -> Iterator[tuple[str, object]]:
+    """``(where, record)`` of every line of a local file that parses as JSON."""
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            yield f"{path.name}:{lineno}", json.loads(line)
+        except ValueError:
+            continue  # the question reader records bad lines as rejects
+
+
 def _categories(sources: list) -> dict[tuple[str, str], str]:
-    """``(source name, question id) -> category`` from JSONL question files that carry one."""
+    """``(source name, question id) -> category`` from JSONL question files that carry one
+    (an object on object storage read from a local temporary copy)."""
     out: dict[tuple[str, str], str] = {}
     for src in sources:
-        path = Path(str(src.path or ""))
-        if path.suffix != ".jsonl" or not path.is_file():
+        path = str(src.path or "")
+        if not _jsonl_file(path):
             continue  # builtin sets, hub datasets: no categories (graded as general)
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # the question reader records bad lines as rejects
+        for _, rec in input_records(path, "questions", _parsed_lines):
             qid = next((rec[k] for k in ("question_id", "uid", "id") if k in rec), None)
             if isinstance(rec, dict) and qid is not None and isinstance(rec.get("category"), str):
                 out[(src.name, str(qid))] = rec["category"]

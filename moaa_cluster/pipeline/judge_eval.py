@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from moaa_cluster.data.records import Reject, describe, read_records
+from moaa_cluster.data.records import Reject, describe
+from moaa_cluster.data.sources import input_records
 from moaa_cluster.engines.describe import model_record
 from moaa_cluster.judge.costs import calls_per_pair
 from moaa_cluster.judge.judge import JudgeSpec, judge_pair, summarize
@@ -113,17 +114,21 @@ def to_labeled_pair(rec: object) -> dict:
     }
 
 
-def load_pairs(path: Path, limit: int | None = None) -> tuple[list[dict], list[dict]]:
+def load_pairs(path: Path | str, limit: int | None = None) -> tuple[list[dict], list[dict]]:
     """Reads labeled pairs; returns ``(pairs, rejects)``.
 
     Any file :func:`moaa_cluster.data.records.read_records` reads (``.jsonl``, ``.jsonl.gz``,
-    ``.json``, Parquet). Every record read before ``limit`` pairs are reached ends as exactly
-    one pair or one reject ``{where, stage, reason}``; a record can fail only itself.
+    ``.json``, Parquet), local or on object storage (``s3://...``, its rejects naming the URI).
+    Every record read before ``limit`` pairs are reached ends as exactly one pair or one reject
+    ``{where, stage, reason}``; a record can fail only itself.
+
+    Raises:
+        ConfigError: An object-storage URI names no object.
     """
     import hashlib
 
     pairs, rejects = [], []
-    for where, rec in read_records(Path(path)):
+    for where, rec in input_records(path, "labeled pairs"):
         if limit is not None and len(pairs) >= limit:
             break
         try:
@@ -249,7 +254,7 @@ def _pool(
 
 
 def evaluate_judges(
-    pairs_path: Path,
+    pairs_path: Path | str,
     judges: list[JudgeSpec],
     specs: dict,
     opts: RunOptions,
@@ -259,7 +264,7 @@ def evaluate_judges(
 ) -> list[dict]:
     """Judges every labeled pair with every judge; writes and prints the metrics table."""
     run = TaskRun.open(opts, specs.values())
-    pairs, rejects = load_pairs(Path(pairs_path), opts.limit)
+    pairs, rejects = load_pairs(pairs_path, opts.limit)
     todo = run.todo(pairs)
     if todo:
         _judge(todo, judges, specs, _pool(len(todo), judges, batch_size, workers, opts), run)

@@ -31,6 +31,11 @@ def run_path(path: str | Path) -> str | Path:
     return path if is_uri(path) else Path(path)
 
 
+def expand(path: str | Path) -> str:
+    """A path a user gave, as a string: a URI unchanged, a local path with ``~`` expanded."""
+    return path if is_uri(path) else str(Path(str(path)).expanduser())
+
+
 def join(base: str | Path, *parts: str) -> str | Path:
     """``base/part/...`` for a local path or a URI."""
     if is_uri(base):

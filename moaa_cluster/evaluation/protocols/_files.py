@@ -11,34 +11,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from moaa_cluster.data.records import Reject, UnreadableFile, jsonl_records
+from moaa_cluster.data.sources import input_records
 from moaa_cluster.errors import ConfigError
+from moaa_cluster.runs import storage
 
 
 def read_jsonl(path: str | Path, what: str) -> list[tuple[str, dict]]:
     """Every record of a (gzipped) JSONL file, each a JSON object.
 
     Args:
-        path: The file.
+        path: The file, local or on object storage (read from a local temporary copy).
         what: What the file holds, for error messages (e.g. ``"MT-Bench question file"``).
 
     Returns:
-        ``(where, record)`` pairs in file order; ``where`` is ``"file.jsonl:LINE"``.
+        ``(where, record)`` pairs in file order; ``where`` is ``"file.jsonl:LINE"`` (the URI
+        in place of ``file.jsonl`` for an object).
 
     Raises:
-        ConfigError: If the file cannot be read, holds no records, or any line is not a JSON
-            object.
+        ConfigError: If the file cannot be read (or the object does not exist), holds no
+            records, or any line is not a JSON object.
     """
-    path = Path(path)
+    path = path if storage.is_uri(path) else Path(path)
     try:
-        rows = list(jsonl_records(path))
+        rows = list(input_records(path, what, jsonl_records))
     except UnreadableFile as exc:
         raise ConfigError(f"{what} {path}: {exc}") from exc
     out = []
     for where, record in rows:
+        # an object's locations name its URI already
+        at = f"{what} {where}" if storage.is_uri(path) else f"{what} {path}: {where}"
         if isinstance(record, Reject):
-            raise ConfigError(f"{what} {path}: {where}: {record}")
+            raise ConfigError(f"{at}: {record}")
         if not isinstance(record, dict):
-            raise ConfigError(f"{what} {path}: {where}: expected a JSON object")
+            raise ConfigError(f"{at}: expected a JSON object")
         out.append((where, record))
     if not out:
         raise ConfigError(f"{what} {path} holds no records")

@@ -62,6 +62,14 @@ def test_shards_resume_and_consolidate_on_any_storage(run_dir):
     assert finished_ids(run_dir) == set() and consolidate(run_dir) == ([], [])
 
 
+def test_expand_keeps_a_uri_and_expands_a_local_path():
+    from pathlib import Path
+
+    assert storage.expand("s3://bucket/a//b.jsonl") == "s3://bucket/a//b.jsonl"
+    assert storage.expand("~/a.jsonl") == str(Path("~/a.jsonl").expanduser())
+    assert storage.expand(Path("rel/a.jsonl")) == "rel/a.jsonl"
+
+
 def test_walk_files_lists_every_file_at_any_depth(run_dir):
     for rel in ("b.jsonl", "a/c.jsonl", "a/d/.hidden.jsonl"):
         storage.write_bytes(storage.join(run_dir, "in", *rel.split("/")), b"x")
