@@ -178,12 +178,14 @@ def _jsonl_file(path: str) -> bool:
 
 
 def _parsed_lines(path: Path) -> Iterator[tuple[str, object]]:
-    """``(where, record)`` of every line of a local file that parses as JSON."""
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    """``(where, record)`` of every line of a local file that parses as JSON (a line that is
+    not UTF-8 or not JSON is skipped: the question reader records it as a reject; a
+    byte-order mark is dropped)."""
+    for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         try:
-            yield f"{path.name}:{lineno}", json.loads(line)
-        except ValueError:
-            continue  # the question reader records bad lines as rejects
+            yield f"{path.name}:{lineno}", json.loads(line.decode("utf-8-sig"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            continue
 
 
 def _categories(sources: list) -> dict[tuple[str, str], str]:
@@ -195,8 +197,10 @@ def _categories(sources: list) -> dict[tuple[str, str], str]:
         if not _jsonl_file(path):
             continue  # builtin sets, hub datasets: no categories (graded as general)
         for _, rec in input_records(path, "questions", _parsed_lines):
+            if not isinstance(rec, dict):  # a bare number, string or list: a reject elsewhere
+                continue
             qid = next((rec[k] for k in ("question_id", "uid", "id") if k in rec), None)
-            if isinstance(rec, dict) and qid is not None and isinstance(rec.get("category"), str):
+            if qid is not None and isinstance(rec.get("category"), str):
                 out[(src.name, str(qid))] = rec["category"]
     return out
 

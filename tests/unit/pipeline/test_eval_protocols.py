@@ -193,3 +193,23 @@ def test_an_unknown_protocol_or_position_is_a_config_error():
     with pytest.raises(ConfigError, match="model_position"):
         ProtocolSettings("alpaca_eval2", model_position="first")
     assert not ProtocolSettings("mt_bench").needs_baseline
+
+
+def test_categories_skip_question_lines_that_are_not_objects(tmp_path):
+    # the question reader rejects these lines with their reasons; reading the categories of
+    # the same file must not crash on them (it did on invalid UTF-8 and on a bare number)
+    from moaa_cluster.pipeline.eval_protocols import _categories
+
+    f = tmp_path / "question.jsonl"
+    f.write_bytes(
+        b'\xef\xbb\xbf{"question_id": 1, "category": "math"}\n'  # byte-order mark
+        + b"\xff\xfe not UTF-8\n"
+        + b"7\n"
+        + b'"question_id"\n'
+        + b"[1, 2]\n"
+        + b'{"question_id": 2, "category": "writing"}\r\n'
+        + b'{"question_id": 3, "category": 5}\n'
+        + b"{broken\n"
+    )
+    got = _categories([Source("q", path=str(f))])
+    assert got == {("q", "1"): "math", ("q", "2"): "writing"}
