@@ -8,11 +8,13 @@ bottom); the recipes (``sft.py``, ``dpo.py``) name their TRL trainer and say wha
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from moaa_cluster.runs import storage
@@ -63,8 +65,30 @@ def peft_config(settings: TrainSettings):
     return LoraConfig(task_type="CAUSAL_LM", **settings.lora)
 
 
-def resume_point() -> tuple[str | None, int, Path | None]:
-    """Where Ray Train's latest checkpoint leaves this run.
+def scratch_dir(settings: TrainSettings, rank: int) -> Path:
+    """This worker's local scratch directory, named by the run (its data file) and the rank.
+
+    A fixed name, not a fresh temporary one: a worker killed outright (SIGKILL, OOM) cannot
+    clean up, and the attempt Ray Train starts in its place on the same node clears what it
+    left (a checkpoint and a model copy: GBs at 8B scale) before using the directory.
+    """
+    key = hashlib.sha1(settings.data_file.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"moaa-{settings.kind}-{key}-rank{rank}"
+
+
+@contextlib.contextmanager
+def fresh_dir(path: Path) -> Iterator[Path]:
+    """``path`` emptied of what an earlier attempt left, and removed on the way out."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def resume_point(scratch: Path) -> tuple[str | None, int, Path | None]:
+    """Where Ray Train's latest checkpoint leaves this run (downloaded into ``scratch``).
 
     Returns:
         ``(trainer_checkpoint_dir, global_step, finished_export_dir)``: the HF Trainer
@@ -76,7 +100,7 @@ def resume_point() -> tuple[str | None, int, Path | None]:
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return None, 0, None
-    local = Path(ckpt.to_directory())
+    local = Path(ckpt.to_directory(str(scratch / "resume")))
     if (local / EXPORT_DIR).exists():
         return None, 0, local
     hf = local / "checkpoint"  # RayTrainReportCallback's layout
@@ -179,23 +203,23 @@ def run(config: dict, make_config, trainer_cls) -> None:
     import torch
 
     settings = TrainSettings(**config)
-    resume, resumed_from, finished = resume_point()
-    if finished is not None:
-        report_existing_export(finished)
-        return
-
-    with tempfile.TemporaryDirectory(prefix=f"moaa-{settings.kind}-") as scratch:
+    ctx = ray.train.get_context()
+    with fresh_dir(scratch_dir(settings, ctx.get_world_rank())) as scratch:
+        resume, resumed_from, finished = resume_point(scratch)
+        if finished is not None:
+            report_existing_export(finished)
+            return
         # before the model loads: a recipe TRL refuses fails in seconds, not after minutes of
         # loading weights, and DeepSpeed ZeRO-3 needs its config to exist before from_pretrained
         args = make_config(
             settings,
-            scratch,
-            world_size=ray.train.get_context().get_world_size(),
+            str(scratch),
+            world_size=ctx.get_world_size(),
             use_cpu=not torch.cuda.is_available(),
         )
         model, tokenizer = load_model_and_tokenizer(settings)
         # on object storage: a local copy in the scratch directory (datasets reads local files)
-        data_file = storage.fetch(settings.data_file, Path(scratch))
+        data_file = storage.fetch(settings.data_file, scratch)
         train = datasets.load_dataset("parquet", data_files=str(data_file), split="train")
         with quiet_stdout():
             trainer = trainer_cls(

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,6 +82,9 @@ def test_dpo_resumes_after_its_worker_is_killed(tmp_path: Path, models_dir: Path
     ]
     env = {**os.environ, "MOAA_MODELS_DIR": str(models_dir)}
     run_dir = out_root / "dpo-kill"
+    # what the workers leave in the node's temp dir: their scratch and checkpoint downloads
+    tmp = Path(tempfile.gettempdir())
+    left_before = set(tmp.glob("moaa-dpo-*")) | set(tmp.glob("checkpoint_tmp_*"))
     log = tmp_path / "train.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -120,3 +124,7 @@ def test_dpo_resumes_after_its_worker_is_killed(tmp_path: Path, models_dir: Path
     model = run_dir / "model"
     assert (model / "config.json").exists() and (model / "model.safetensors").exists()
     assert (model / "tokenizer_config.json").exists()
+    # the killed worker could not clean up; the attempt that replaced it did, then its own
+    # (before: a 1.6 GB scratch copy and a checkpoint download left in /tmp per kill)
+    left = set(tmp.glob("moaa-dpo-*")) | set(tmp.glob("checkpoint_tmp_*"))
+    assert left <= left_before, sorted(map(str, left - left_before))
