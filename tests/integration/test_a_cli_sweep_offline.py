@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from tests.conftest import TELEMETRY_OFF
+
 GUARD_DIR = Path(__file__).resolve().parent / "no_egress"
 REPO = Path(__file__).resolve().parents[2]
 # The bad-input corpus is a fault-injection fixture (tests/faults/README.md): raw bytes, with
@@ -42,16 +44,6 @@ CORPUS = REPO / "tests" / "faults" / "fixtures" / "bad_inputs.jsonl"
 EXPECTED = json.loads(CORPUS.with_name("bad_inputs.expected.json").read_text())
 BAD = EXPECTED["bad"]
 GOOD = 3  # good records in the corpus, one of them two turns
-TELEMETRY_OFF = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "WANDB_MODE": "disabled",
-}
 # Runs as `sh -c SINK "$@"` inside the new namespace: loopback up, a veth whose far end is
 # silent holds the default route; TX packets of the near end are counted around the command.
 # addrgenmode none: no IPv6 link-local chatter that would count as traffic.

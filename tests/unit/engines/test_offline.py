@@ -10,18 +10,9 @@ from omegaconf import OmegaConf
 
 from moaa_cluster import runtime
 from moaa_cluster.engines.spec import spec_from_dict
+from tests.conftest import TELEMETRY_OFF
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
-TELEMETRY_OFF = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "WANDB_MODE": "disabled",
-}
 
 
 @pytest.fixture
