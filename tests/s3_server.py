@@ -90,4 +90,8 @@ def moto_server(log: Path) -> Iterator[S3]:
         yield S3(env, fs)
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # a loaded machine: SIGTERM can take longer
+            proc.kill()
+            proc.wait(30)

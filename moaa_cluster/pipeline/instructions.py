@@ -141,7 +141,9 @@ def _deduplicated(rows, rejects_dir: str):
 _FINISHED: dict = {}
 
 
-def _unfinished(batch: pa.Table, finished) -> pa.Table:
+def unfinished(batch: pa.Table, finished) -> pa.Table:
+    """Ray Data step: the rows of ``batch`` whose id is not in ``finished`` (an object ref of
+    :func:`~moaa_cluster.runs.shards.finished_id_array`, fetched once per worker process)."""
     import ray
 
     key = finished.hex()
@@ -178,7 +180,7 @@ def open_instructions(
     read_s = time.monotonic() - t0
     t0 = time.monotonic()
     finished = ray.remote(num_cpus=0)(finished_id_array).remote(str(run_dir))
-    todo = rows.map_batches(_unfinished, fn_kwargs={"finished": finished}, batch_format="pyarrow")
+    todo = rows.map_batches(unfinished, fn_kwargs={"finished": finished}, batch_format="pyarrow")
     todo = todo.add_column(
         "_turns", lambda b: pc.list_value_length(b["turns"]), batch_format="pyarrow"
     )

@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -28,9 +27,16 @@ from moaa_cluster.engines.placement import Capacity, first_fit_waves
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.moa.mixture import CallContext, Mixture, Step, conversation, run_steps
-from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, shard_schema, stream_rows
+from moaa_cluster.pipeline.frame import (
+    PoolSettings,
+    RowWorker,
+    StreamJob,
+    rows_dataset,
+    shard_schema,
+    stream_dataset,
+)
 from moaa_cluster.runs.options import RunOptions
-from moaa_cluster.runs.shards import consolidate, write_shard
+from moaa_cluster.runs.shards import shard_dir, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +192,8 @@ class LayeredJob:
         settings: The run's ``SynthSettings`` (sampling, seed, worker pool).
         input_schema: The resident path's row schema (``pipeline.synth``).
         shard_schema: The resident path's shard schema, so both paths write the same shards.
+        worker_extra: Further :class:`PassWorker` arguments (``backends``, ``fits``); empty:
+            the workers build them from ``specs``.
     """
 
     mixture: Mixture
@@ -193,6 +201,7 @@ class LayeredJob:
     settings: Any
     input_schema: pa.Schema
     shard_schema: pa.Schema
+    worker_extra: dict = field(default_factory=dict)  # more PassWorker kwargs (backends, fits)
 
     def pool(self, desc: str, progress: bool, calls: int | None = None) -> PoolSettings:
         """The Ray Data worker pool of one pass, as the settings size it."""
@@ -208,64 +217,136 @@ class LayeredJob:
         )
 
 
-class _Answers:
-    """Each row's answers, calls and retries gathered pass by pass, and why a row failed.
+# what a row carries from pass to pass besides its input columns
+CARRIED = ("state", "calls", "retries_sum")
 
-    Answers are kept by answer column and calls sorted by (turn, layer, seat), so the order
-    of the passes within a layer does not change a row's output.
-    """
 
-    def __init__(self, rows: list[dict]):
-        self.states: dict[str, dict] = {r["id"]: {} for r in rows}
-        self.calls: dict[str, list] = {r["id"]: [] for r in rows}
-        self.retries: dict[str, int] = {r["id"]: 0 for r in rows}
-        self.failed: dict[str, str] = {}
-
-    def pass_rows(self, rows: list[dict], job: LayeredJob) -> list[dict]:
-        """``rows`` as a pass reads them: the input columns and the answers so far (JSON)."""
-        return [
-            {**{n: r[n] for n in job.input_schema.names}, "state": json.dumps(self.states[r["id"]])}
-            for r in rows
+def _carried_schema(job: LayeredJob, call_type: pa.DataType) -> pa.Schema:
+    """A row between passes: its input columns, its answers so far (``state``, JSON), its
+    calls so far and the transient errors it survived."""
+    return pa.schema(
+        [
+            *job.input_schema,
+            ("state", pa.string()),
+            ("calls", pa.list_(call_type)),
+            ("retries_sum", pa.int32()),
         ]
-
-    def add(self, ok: list[dict], bad: list[dict], wanted: set[str], label: str) -> None:
-        """Merges one pass's finished (``ok``) and failed (``bad``) rows of ``wanted``."""
-        for r in ok:
-            if r["id"] in wanted:
-                self.states[r["id"]].update(json.loads(r["state"]))
-                self.calls[r["id"]].extend(r["calls"])
-                self.retries[r["id"]] += r["retries"] or 0
-        for r in bad:
-            if r["id"] in wanted:
-                self.failed[r["id"]] = f"{label}: {r['error']}"
-
-    def rows(self, rows: list[dict], job: LayeredJob) -> list[dict]:
-        """The finished rows in the resident path's shard schema."""
-        out = []
-        for r in rows:
-            rid = r["id"]
-            error = self.failed.get(rid)
-            out.append(
-                {
-                    **{n: r[n] for n in job.input_schema.names},
-                    "messages": []
-                    if error
-                    else conversation(job.mixture, {**r, **self.states[rid]}),
-                    "calls": sorted(
-                        self.calls[rid], key=lambda c: (c["turn"], c["layer"], c["seat"])
-                    ),
-                    "error": error,
-                    "finished_at": time.time(),
-                    "retries": self.retries[rid],
-                }
-            )
-        return out
+    )
 
 
-def run_layered(
-    rows: list[dict], job: LayeredJob, passes: list[Pass], host, opts: RunOptions
-) -> int:
-    """Runs ``passes`` over ``rows``; writes the finished rows to the run's shards.
+def _start_carry(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows as the first pass reads them: no answer, no call yet."""
+    n = batch.num_rows
+    cols = {f.name: batch[f.name] for f in schema if f.name not in CARRIED}
+    cols.update(
+        state=pa.array(["{}"] * n, pa.string()),
+        calls=pa.array([[]] * n, schema.field("calls").type),
+        retries_sum=pa.array([0] * n, pa.int32()),
+    )
+    return pa.table(cols, schema=schema)
+
+
+def _merge_pass(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A row joined with its finished row of a pass (``new_*``): answers and calls added."""
+    rows = []
+    for r in batch.to_pylist():
+        state = {**json.loads(r["state"]), **json.loads(r["new_state"])}
+        rows.append(
+            {
+                **{f.name: r[f.name] for f in schema if f.name not in CARRIED},
+                "state": json.dumps(state),
+                "calls": [*r["calls"], *r["new_calls"]],
+                "retries_sum": (r["retries_sum"] or 0) + (r["new_retries"] or 0),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _pass_finished(batch: pa.Table) -> pa.Table:
+    """A pass's finished shard rows, renamed to be joined onto the carried rows."""
+    import pyarrow.compute as pc
+
+    done = batch.filter(pc.is_null(batch["error"]))
+    return pa.table(
+        {
+            "id": done["id"],
+            "new_state": done["state"],
+            "new_calls": done["calls"],
+            "new_retries": done["retries"],
+        }
+    )
+
+
+def _in_pass(batch: pa.Table, turn: int, takes_part: bool) -> pa.Table:
+    """The rows that take part in a pass of ``turn`` (they have that turn), or the others."""
+    import pyarrow.compute as pc
+
+    has = pc.greater(pc.list_value_length(batch["turns"]), turn)
+    return batch.filter(has if takes_part else pc.invert(has))
+
+
+def _final_rows(batch: pa.Table, mixture: Mixture, schema: pa.Schema) -> list[dict]:
+    """Rows that finished every pass, in the resident path's shard schema."""
+    now = time.time()
+    out = []
+    for r in batch.to_pylist():
+        state = json.loads(r["state"])
+        out.append(
+            {
+                **{n: r[n] for n in schema.names if n in r and n not in CARRIED},
+                "messages": conversation(mixture, {**r, **state}),
+                "calls": sorted(r["calls"], key=lambda c: (c["turn"], c["layer"], c["seat"])),
+                "error": None,
+                "finished_at": now,
+                "retries": r["retries_sum"] or 0,
+            }
+        )
+    return out
+
+
+def _write_final(batch: pa.Table, run_dir: str, mixture: Mixture, schema: pa.Schema) -> pa.Table:
+    """Ray Data step: rows that finished every pass, written as the run's shards by the task
+    (only counts go on)."""
+    rows = _final_rows(batch, mixture, schema)
+    if rows:
+        write_shard(run_dir, pa.Table.from_pylist(rows, schema=schema))
+    return pa.table({"rows": [len(rows)]})
+
+
+def _failed_ids(pass_dir, schema: pa.Schema) -> dict[str, str]:
+    """The ids of a pass's rows that failed and never finished there, with the last error
+    (failures are few)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from moaa_cluster.runs import storage
+
+    files = storage.list_files(shard_dir(pass_dir), ".parquet")
+    if not files:
+        return {}
+    fs, _ = storage.filesystem(files[0])
+    t = pads.dataset([storage.filesystem(f)[1] for f in files], format="parquet", filesystem=fs)
+    t = t.to_table(columns=["id", "error", "finished_at"])
+    done = set(t.filter(pc.is_null(t["error"]))["id"].to_pylist())
+    bad = t.filter(pc.is_valid(t["error"])).sort_by("finished_at").to_pylist()
+    return {r["id"]: r["error"] for r in bad if r["id"] not in done}
+
+
+def _partitions(n: int) -> int:
+    return max(1, min(64, n // 100_000 + 1))
+
+
+def run_layered(rows, job: LayeredJob, passes: list[Pass], host, opts: RunOptions) -> int:
+    """Runs ``passes`` over ``rows`` (a Ray dataset, or a list of row dicts); writes the
+    finished rows to the run's shards.
+
+    Storage to storage: pass by pass, the rows still in the race are a Ray dataset in the
+    object store, each row with its answers so far. A pass streams the rows that have its turn
+    and have not finished it (its shards under ``<run_dir>/passes/<pass>`` say which) through
+    its workers; the rows it finished are joined back (Ray Data ``join`` on ``id``) with their
+    new answers, rows without that turn pass on untouched, rows that failed drop out and are
+    recorded with the pass's label. The rows that finish every pass are written by Ray Data
+    tasks as the run's shards. The driver holds dataset handles, counts and failed ids.
 
     Args:
         host: ``engines.host.EngineHost``; ``host.use(specs)`` makes a pass's engines resident.
@@ -275,42 +356,114 @@ def run_layered(
     Returns:
         Rows written (finished or failed).
     """
+    import ray
+
+    from moaa_cluster.pipeline.instructions import unfinished
+    from moaa_cluster.runs import storage
+    from moaa_cluster.runs.shards import finished_id_array, shard_dataset
+
     call_type = job.shard_schema.field("calls").type.value_type
     pass_in, pass_out = _pass_schemas(call_type, job.input_schema)
-    answers = _Answers(rows)
+    carried = _carried_schema(job, call_type)
+    if isinstance(rows, list):
+        rows = rows_dataset(rows, job.input_schema)
+    live = rows.select_columns(job.input_schema.names).map_batches(
+        _start_carry, fn_kwargs={"schema": carried}, batch_format="pyarrow"
+    )
+    live = live.materialize()
+    n_live = live.count()
+    failed: dict[str, str] = {}
     for i, p in enumerate(passes, start=1):
-        pass_dir = Path(opts.run_dir) / "passes" / p.name
-        todo = [r for r in rows if r["id"] not in answers.failed and p.turn < len(r["turns"])]
-        ok, bad = consolidate(pass_dir)
-        done_before = {r["id"] for r in ok}
-        remaining = [r for r in todo if r["id"] not in done_before]
+        pass_dir = storage.join(opts.run_dir, "passes", p.name)
+        taking = live.map_batches(
+            _in_pass, fn_kwargs={"turn": p.turn, "takes_part": True}, batch_format="pyarrow"
+        ).materialize()
+        n_taking = taking.count()
+        finished = ray.remote(num_cpus=0)(finished_id_array).remote(str(pass_dir))
+        todo = taking.map_batches(
+            unfinished, fn_kwargs={"finished": finished}, batch_format="pyarrow"
+        ).materialize()
+        n_todo = todo.count()
         print(
-            f"pass {i}/{len(passes)}: {p.label}: {len(remaining)} rows to run, "
-            f"{len(todo) - len(remaining)} done before",
+            f"pass {i}/{len(passes)}: {p.label}: {n_todo} rows to run, "
+            f"{n_taking - n_todo} done before",
             flush=True,
         )
-        if remaining:
+        if n_todo:
             host.use([job.specs[k] for k in p.models])
-            stream_rows(
-                answers.pass_rows(remaining, job),
-                pass_in,
-                PassWorker,
-                {
-                    "mixture": job.mixture,
-                    "specs": job.specs,
-                    "settings": job.settings,
-                    "step": p,
-                    "output_schema": pass_out,
-                },
-                pass_out,
-                pass_dir,
-                job.pool(
-                    f"synth pass {i}/{len(passes)}", opts.progress, len(remaining) * len(p.seats)
+            stream_dataset(
+                todo.select_columns(pass_in.names),
+                n_todo,
+                StreamJob(
+                    PassWorker,
+                    {
+                        "mixture": job.mixture,
+                        "specs": job.specs,
+                        "settings": job.settings,
+                        "step": p,
+                        "output_schema": pass_out,
+                        **job.worker_extra,
+                    },
+                    pass_out,
+                    pass_dir,
                 ),
+                job.pool(f"synth pass {i}/{len(passes)}", opts.progress, n_todo * len(p.seats)),
             )
-            ok, bad = consolidate(pass_dir)
-        answers.add(ok, bad, {r["id"] for r in todo}, p.label)
-    out = answers.rows(rows, job)
+        lost = _failed_ids(pass_dir, pass_out)
+        files = storage.list_files(shard_dir(pass_dir), ".parquet")
+        others = live.map_batches(
+            _in_pass, fn_kwargs={"turn": p.turn, "takes_part": False}, batch_format="pyarrow"
+        )
+        if files and n_taking:
+            answered = shard_dataset(files, pass_out).map_batches(
+                _pass_finished, batch_format="pyarrow"
+            )
+            merged = taking.join(
+                answered, "inner", num_partitions=_partitions(n_taking), on=("id",)
+            ).map_batches(_merge_pass, fn_kwargs={"schema": carried}, batch_format="pyarrow")
+            live = others.union(merged)
+        else:
+            live = others
+        live = live.materialize()
+        for rid, error in lost.items():
+            failed.setdefault(rid, f"{p.label}: {error}")
+    written = 0
+    if n_live:
+        counts = live.map_batches(
+            _write_final,
+            fn_kwargs={
+                "run_dir": str(opts.run_dir),
+                "mixture": job.mixture,
+                "schema": job.shard_schema,
+            },
+            batch_format="pyarrow",
+        ).take_all()
+        written = sum(c["rows"] for c in counts)
+    if failed:
+        written += _write_failed(rows, failed, job, opts)
+    return written
+
+
+def _write_failed(rows, failed: dict[str, str], job: LayeredJob, opts: RunOptions) -> int:
+    """The rows that failed in some pass (few) as failed rows of the run's shards."""
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted(failed), pa.string())
+    picked = rows.map_batches(
+        lambda b: b.filter(pc.is_in(b["id"], value_set=wanted)), batch_format="pyarrow"
+    ).take_all()
+    now = time.time()
+    out = [
+        {
+            **{n: r[n] for n in job.input_schema.names},
+            "messages": [],
+            "calls": [],
+            "error": failed[r["id"]],
+            "finished_at": now,
+            "retries": 0,
+        }
+        for r in picked
+    ]
     if out:
         write_shard(opts.run_dir, pa.Table.from_pylist(out, schema=job.shard_schema))
     return len(out)

@@ -26,13 +26,13 @@ import time
 from dataclasses import dataclass, field
 
 from moaa_cluster.data.chat import chat_messages
-from moaa_cluster.data.sources import ROW_SCHEMA
 from moaa_cluster.engines.describe import model_record
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.judge.costs import calls_per_pair, planned_comparisons
 from moaa_cluster.judge.judge import JudgeSpec, rank
-from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, stream_rows
+from moaa_cluster.pipeline.frame import PoolSettings, RowWorker, StreamJob, stream_dataset
+from moaa_cluster.pipeline.instructions import Instructions, open_instructions
 from moaa_cluster.pipeline.prefs_outputs import SHARD_SCHEMA, summary_text, write_outputs
 from moaa_cluster.runs.options import RunOptions
 from moaa_cluster.runs.task_run import TaskRun
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 
 SAMPLER = "sampler"  # backend key of the model that writes the candidates
 TRUNCATED_POLICIES = ("exclude_from_chosen", "allow")
-
-INPUT_SCHEMA = ROW_SCHEMA  # the prompts as load_rows reads them
 
 
 @dataclass
@@ -168,20 +166,35 @@ def make_preferences(
     """Runs stage 2 end to end into ``opts.run_dir``; ``specs`` holds ``sampler`` and judge
     models.
 
-    With ``judge=None`` it only samples the candidates (``moaa sample``).
+    The prompts stream from storage to storage as synth's instructions do
+    (:func:`moaa_cluster.pipeline.instructions.open_instructions`: read and validated by Ray
+    Data tasks, rejects written by them, duplicates and finished rows dropped there); the
+    workers write the shards and Ray Data the outputs. With ``judge=None`` it only samples
+    the candidates (``moaa sample``).
     """
-    from moaa_cluster.data.sources import load_rows
+    from moaa_cluster.engines import host as engine_host
 
     if SAMPLER not in specs:
         raise ValueError(f"specs need a {SAMPLER!r} model")
     run = TaskRun.open(opts, specs.values())
-    rows, rejects = load_rows(sources, opts.limit)
-    todo = run.todo(rows)
-    run.timings["read"] = run.elapsed()
-    if todo:
-        _sample_and_judge(todo, judge, specs, settings, run)
-    counts = write_outputs(run.run_dir, rejects, sample_only=judge is None)
-    counts.update({"rows_in": len(rows) + len(rejects), "rows_resumed": len(rows) - len(todo)})
+    engine_host.preflight(opts.cluster, list(specs.values()))
+    with engine_host.hosting(
+        opts.cluster, keep=opts.keep_engines, timings=run.timings, report=run.ray
+    ) as host:
+        found = open_instructions(sources, run.run_dir, limit=opts.limit)
+        run.timings.update(found.timings)
+        if found.todo_rows:
+            host.use(list(specs.values()))
+            _sample_and_judge(found, judge, specs, settings, run)
+        t0 = time.monotonic()
+        counts = write_outputs(run.run_dir, sample_only=judge is None)
+        run.timings["write"] = time.monotonic() - t0
+    counts.update(
+        {
+            "rows_in": found.valid + counts["rejects_input"],
+            "rows_resumed": found.valid - found.todo_rows,
+        }
+    )
     manifest = run.save_manifest(
         "prefs" if judge else "sample",
         counts,
@@ -201,42 +214,35 @@ def make_preferences(
 
 
 def _sample_and_judge(
-    todo: list[dict],
+    found: Instructions,
     judge: JudgeSpec | None,
     specs: dict[str, ModelSpec],
     settings: PrefsSettings,
     run: TaskRun,
 ) -> None:
-    """Streams the ``todo`` rows through :class:`PrefsWorker` with every engine resident."""
-    from moaa_cluster.engines import host as engine_host
-
-    with engine_host.engines(
-        run.opts.cluster,
-        list(specs.values()),
-        keep=run.opts.keep_engines,
-        timings=run.timings,
-        report=run.ray,
-    ):
-        t0 = time.monotonic()
-        try:
-            stream_rows(
-                todo,
-                INPUT_SCHEMA,
+    """Streams the rows left to do through :class:`PrefsWorker` (every engine resident)."""
+    t0 = time.monotonic()
+    try:
+        stream_dataset(
+            found.todo,
+            found.todo_rows,
+            StreamJob(
                 PrefsWorker,
                 {"judge": judge, "specs": specs, "settings": settings},
                 SHARD_SCHEMA,
                 run.run_dir,
-                PoolSettings(
-                    batch_size=settings.batch_size,
-                    workers=settings.workers,
-                    worker_cpus=settings.worker_cpus,
-                    desc="prefs",
-                    progress=run.opts.progress,
-                    calls=len(todo) * calls_per_row(judge, settings),
-                ),
-            )
-        finally:
-            run.timings["sample_and_judge"] = time.monotonic() - t0
+            ),
+            PoolSettings(
+                batch_size=settings.batch_size,
+                workers=settings.workers,
+                worker_cpus=settings.worker_cpus,
+                desc="prefs",
+                progress=run.opts.progress,
+                calls=found.todo_rows * calls_per_row(judge, settings),
+            ),
+        )
+    finally:
+        run.timings["sample_and_judge"] = time.monotonic() - t0
 
 
 def calls_per_row(judge: JudgeSpec | None, settings: PrefsSettings) -> int:

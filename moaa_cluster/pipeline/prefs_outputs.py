@@ -4,16 +4,17 @@ format) or ``candidates.parquet``, ``rejects.jsonl``, the counts and the summary
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
 
 from moaa_cluster.judge.judge import COUNT_FIELDS
 from moaa_cluster.pipeline.frame import MESSAGE, shard_schema
-from moaa_cluster.runs.files import write_parquet_atomic
-from moaa_cluster.runs.shards import consolidate
+from moaa_cluster.runs import storage
+from moaa_cluster.runs.datasets import REJECTS_DIR, concat_rejects, remove_outputs, write_dataset
+from moaa_cluster.runs.shards import finished_among, shard_dataset, shard_dir
 from moaa_cluster.runs.storage import join
-from moaa_cluster.runs.task_run import write_rejects
 
 SHARD_SCHEMA = shard_schema(
     [
@@ -74,31 +75,130 @@ SKIP_REASONS = {
 JUDGED = ("ok", "no_preference", "truncated_preferred")
 
 
-def write_outputs(
-    run_dir: Path | str, input_rejects: list[dict], sample_only: bool = False
-) -> dict:
-    """Consolidates shards into ``prefs.parquet`` (TRL preference format) and rejects.
+PREFS_DIR = "prefs"  # the pairs as a parquet dataset (a directory of files), at any size
+PREFS_FILE = "prefs.parquet"  # the same rows in one file (what train-dpo reads from a run)
+CANDIDATES_DIR = "candidates"
+CANDIDATES_FILE = "candidates.parquet"
+SKIPS_PART = "4-prefs-skips"  # the summary tasks' reject parts (after the input's 1-3)
+ROWS_PER_FILE = 20_000
 
-    With ``sample_only`` (``moaa sample``) it writes ``candidates.parquet`` instead.
 
-    Returns:
-        The run's counts (see ``run_counts``).
+def write_outputs(run_dir: Path | str, sample_only: bool = False) -> dict:
+    """Writes the run's outputs from its shards with Ray Data (Ray must be up); returns counts.
+
+    ``prefs/`` (a parquet dataset, pairs sorted by source and id) and ``prefs.parquet`` (TRL's
+    preference format); with ``sample_only`` (``moaa sample``) ``candidates/`` and
+    ``candidates.parquet`` instead. One pass over the shards counts the rows per block and
+    writes each block's skipped rows as a reject part; only counts and the failed rows (few)
+    reach the driver. ``rejects.jsonl``: the input's rejects (parts the read tasks wrote), the
+    skipped rows, then the rows that failed in inference and never finished.
     """
-    done, failed = consolidate(run_dir)
-    if sample_only:
-        sampled = sorted((r for r in done if r["status"] == "sampled"), key=lambda r: r["id"])
-        write_parquet_atomic(
-            _table(sampled, CANDIDATE_COLUMNS), join(run_dir, "candidates.parquet")
-        )
-    pairs = sorted((r for r in done if r["status"] == "ok"), key=lambda r: (r["source"], r["id"]))
-    write_parquet_atomic(_table(pairs, PAIR_COLUMNS), join(run_dir, "prefs.parquet"))
-    write_rejects(run_dir, input_rejects, _skips(done) + _failures(failed))
-    return run_counts(done, failed, input_rejects)
-
-
-def _table(rows: list[dict], columns: list[str]) -> pa.Table:
+    run_dir = storage.run_path(run_dir)
+    rejects_dir = storage.join(run_dir, REJECTS_DIR)
+    for part in storage.list_files(rejects_dir, ".jsonl"):  # this pass writes them again
+        if str(part).rsplit("/", 1)[-1].startswith(SKIPS_PART):
+            storage.remove(part)
+    files = storage.list_files(shard_dir(run_dir), ".parquet")
+    counts, failures = run_counts([], [], []), []
+    kept, columns, directory, single = (
+        ("sampled", CANDIDATE_COLUMNS, CANDIDATES_DIR, CANDIDATES_FILE)
+        if sample_only
+        else ("ok", PAIR_COLUMNS, PREFS_DIR, PREFS_FILE)
+    )
     schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
-    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
+    rows = None
+    if files:
+        shards = shard_dataset(files, SHARD_SCHEMA).materialize()
+        blocks = shards.map_batches(
+            _block_summary, fn_kwargs={"rejects_dir": str(rejects_dir)}, batch_format="pyarrow"
+        ).take_all()
+        counts = merge_counts([json.loads(b["counts"]) for b in blocks])
+        failed = [r for b in blocks for r in json.loads(b["failed"])]
+        failures = _failures(failed, finished_among(shards, {r["id"] for r in failed}))
+        rows = _sorted_rows(shards, kept, columns, counts)
+    if not sample_only:
+        remove_outputs(
+            storage.join(run_dir, CANDIDATES_DIR), storage.join(run_dir, CANDIDATES_FILE)
+        )
+    write_dataset(rows, storage.join(run_dir, directory), storage.join(run_dir, single), schema)
+    if sample_only:  # a sample run has no pairs: an empty prefs.parquet, as before
+        write_dataset(
+            None,
+            storage.join(run_dir, PREFS_DIR),
+            storage.join(run_dir, PREFS_FILE),
+            pa.schema([SHARD_SCHEMA.field(c) for c in PAIR_COLUMNS]),
+        )
+    counts["rows_retried"] += sum(1 for r in failures if r.pop("retried", False))
+    counts["rows_failed"] = len(failures)
+    skipped = sum(counts[k] for k in SKIP_COUNTS)
+    counts["rejects_input"] = concat_rejects(run_dir, failures) - skipped
+    return counts
+
+
+SKIP_COUNTS = (
+    "skipped_identical",
+    "skipped_no_preference",
+    "skipped_all_truncated",
+    "skipped_truncated_preferred",
+)
+_FAILED_COLUMNS = ["id", "source", "prompt", "error", "finished_at", "retries"]
+
+
+def _block_summary(batch: pa.Table, rejects_dir: str) -> dict:
+    """One row per block of shards: the counts of its finished rows, its failed rows (JSON;
+    failures are few); its skipped rows are written as a reject part here."""
+    import uuid
+
+    import pyarrow.compute as pc
+
+    from moaa_cluster.data.input_stream import write_rejects_part
+
+    done = batch.filter(pc.is_null(batch["error"])).to_pylist()
+    failed = batch.filter(pc.is_valid(batch["error"])).select(_FAILED_COLUMNS).to_pylist()
+    write_rejects_part(rejects_dir, f"{SKIPS_PART}-{uuid.uuid4().hex[:12]}", _skips(done))
+    return {
+        "counts": [json.dumps(run_counts(done, [], []))],
+        "failed": [json.dumps(failed)],
+    }
+
+
+def merge_counts(parts: list[dict]) -> dict:
+    """Block counts (:func:`run_counts` of each block's finished rows) summed; the rates
+    recomputed from the summed judge totals."""
+    out = run_counts([], [], [])
+    for p in parts:
+        for k, v in p.items():
+            if k == "judge":
+                out["judge"] = {f: out["judge"][f] + v[f] for f in COUNT_FIELDS}
+            elif not k.endswith("_rate"):
+                out[k] += v
+    totals = out["judge"]
+    out["verdict_parse_failure_rate"] = totals["verdict_unparsed"] / max(1, totals["comparisons"])
+    out["verdict_unresolved_rate"] = totals["verdict_unresolved"] / max(1, totals["comparisons"])
+    return out
+
+
+def _sorted_rows(shards, status: str, columns: list[str], counts: dict):
+    """The finished rows of ``status`` with ``columns``, sorted by source and id, in blocks
+    of about :data:`ROWS_PER_FILE` rows (one file each)."""
+    import pyarrow.compute as pc
+
+    n = counts["pairs"] if status == "ok" else counts["candidate_sets"]
+    schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
+
+    def pick(b: pa.Table) -> pa.Table:
+        keep = pc.and_(pc.is_null(b["error"]), pc.equal(b["status"], status))
+        return b.filter(keep).select(columns).cast(schema)
+
+    files = max(1, -(-n // ROWS_PER_FILE))
+    rows = shards.map_batches(pick, batch_format="pyarrow").repartition(files)
+    if files == 1:  # one block: sorting it is the global sort, in one task
+        return rows.map_batches(_sort_block, batch_size=None, batch_format="pyarrow")
+    return rows.sort(["source", "id"])
+
+
+def _sort_block(block: pa.Table) -> pa.Table:
+    return block.sort_by([("source", "ascending"), ("id", "ascending")])
 
 
 def _skips(done: list[dict]) -> list[dict]:
@@ -121,7 +221,13 @@ def _skips(done: list[dict]) -> list[dict]:
     ]
 
 
-def _failures(failed: list[dict]) -> list[dict]:
+def _failures(failed: list[dict], done: set[str]) -> list[dict]:
+    """The reject records of rows that failed and never finished (the last failure each)."""
+    last = {
+        r["id"]: r
+        for r in sorted(failed, key=lambda r: r["finished_at"] or 0.0)
+        if r["id"] not in done
+    }
     return [
         {
             "source": r["source"],
@@ -129,8 +235,9 @@ def _failures(failed: list[dict]) -> list[dict]:
             "stage": "inference",
             "reason": r["error"],
             "record": {"prompt": r["prompt"]},
+            "retried": bool(r.get("retries")),  # counted, then dropped from the record
         }
-        for r in failed
+        for r in last.values()
     ]
 
 

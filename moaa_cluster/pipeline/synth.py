@@ -1,12 +1,14 @@
 """Stage 1: MoA synthesis of SFT data on Ray Data, with engines hosted by Ray Serve LLM.
 
-Data flow: rows are read and validated on the driver (rejects recorded), rows already
-finished in an earlier run of the same run directory are skipped, the rest stream through a
-Ray Data actor pool whose workers run the whole mixture per row (each row's aggregator starts
-as soon as its own proposers finish, turn after turn). Finished blocks come back to the driver
-and are written as atomic parquet shards, so a killed run resumes without redoing or
-duplicating rows. At the end the shards are consolidated into ``sft.parquet`` (TRL
-conversational format + provenance) and ``rejects.jsonl``.
+Data flow, storage to storage (:mod:`moaa_cluster.pipeline.instructions`): Ray Data read
+tasks read and validate the sources (writing their rejects), duplicates and rows an earlier run
+of the same directory finished are dropped, and the rest stream through a Ray Data actor pool
+whose workers run the whole mixture per row (each row's aggregator starts as soon as its own
+proposers finish, turn after turn) and write finished blocks as atomic parquet shards, so a
+killed run resumes without redoing or duplicating rows. When the engines do not fit together
+the same calls run pass by pass (:mod:`moaa_cluster.pipeline.layered`). At the end Ray Data
+writes the shards as ``sft/`` (and ``sft.parquet``), in TRL's conversational format with
+provenance, and ``rejects.jsonl``.
 """
 
 from __future__ import annotations
@@ -259,14 +261,8 @@ def _generate(
         return
     t0 = time.monotonic()
     try:
-        # a pass keeps every row's answers between passes: the layered path holds the rows
-        todo = [
-            r
-            for b in found.todo.iter_batches(batch_size=None, batch_format="pyarrow")
-            for r in b.select(INPUT_SCHEMA.names).to_pylist()
-        ]
         job = LayeredJob(mixture, specs, settings, INPUT_SCHEMA, SHARD_SCHEMA)
-        run_layered(todo, job, passes, host, opts)
+        run_layered(found.todo, job, passes, host, opts)
     finally:
         # engine start-up is summed over the passes' swaps
         run.timings["generation"] = time.monotonic() - t0 - run.timings.get("engine_start", 0)

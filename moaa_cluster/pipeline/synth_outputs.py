@@ -76,47 +76,12 @@ SFT_FILE = "sft.parquet"  # one consolidated file (single_file: the small-run op
 TRUNCATED_DIR = "sft_truncated"
 
 
-def read_shards(batch: pa.Table) -> pa.Table:
-    """Ray Data step: the shard files named in ``batch`` as one table of ``SHARD_SCHEMA``
-    (read together, multi-threaded; a shard written before a field existed reads that field
-    as null)."""
-    import pyarrow.dataset as pads
-
-    paths = batch["path"].to_pylist()
-    fs, _ = storage.filesystem(paths[0])
-    local = [storage.filesystem(p)[1] for p in paths]
-    try:
-        return pads.dataset(local, format="parquet", filesystem=fs, schema=SHARD_SCHEMA).to_table()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):  # an older shard schema
-        tables = []
-        for p in local:
-            t = pads.dataset(p, format="parquet", filesystem=fs).to_table()
-            tables.append(pa.Table.from_pylist(t.to_pylist(), schema=SHARD_SCHEMA))
-        return pa.concat_tables(tables)
-
-
 def finished_block(batch: pa.Table, final_layer: int) -> pa.Table:
     """A block of finished rows (``error`` null) as SFT rows, ``truncated`` flagged."""
     import pyarrow.compute as pc
 
     done = batch.filter(pc.is_null(batch["error"])).select(list(SFT_COLUMNS))
     return done.append_column("truncated", truncated_flags(done, final_layer)).cast(SFT_SCHEMA)
-
-
-def _finished_among(shards, ids: set[str]) -> set[str]:
-    """Which of ``ids`` (the failed rows': few) have a finished row too, found in the shards
-    already read (a failure retried to success by a rerun). Nothing is read when none failed."""
-    if not ids:
-        return set()
-    import pyarrow.compute as pc
-
-    wanted = pa.array(sorted(ids), pa.string())
-
-    def pick(batch: pa.Table) -> pa.Table:
-        done = pc.and_(pc.is_null(batch["error"]), pc.is_in(batch["id"], value_set=wanted))
-        return batch.filter(done).select(["id"])
-
-    return {r["id"] for r in shards.map_batches(pick, batch_format="pyarrow").take_all()}
 
 
 def _failures(failed: list[dict], done: set[str]) -> list[dict]:
@@ -137,15 +102,6 @@ def _failures(failed: list[dict], done: set[str]) -> list[dict]:
         }
         for r in last.values()
     ]
-
-
-def _shards(files: list[str]):
-    """The shard files as a Ray dataset (read by tasks, 64 files each)."""
-    import ray
-
-    return ray.data.from_items(
-        [{"path": f} for f in files], override_num_blocks=max(1, len(files) // 64)
-    ).map_batches(read_shards, batch_format="pyarrow", batch_size=64)
 
 
 _FAILED_COLUMNS = ["id", "source", "turns", "system", "error", "finished_at", "retries"]
@@ -236,7 +192,7 @@ def write_outputs(
     time. ``rejects.jsonl``: the input rejects the read tasks wrote, then the rows that failed
     in inference.
     """
-    from moaa_cluster.runs.shards import shard_dir
+    from moaa_cluster.runs.shards import finished_among, shard_dataset, shard_dir
 
     check_truncated_policy(truncated)
     run_dir = storage.run_path(run_dir)
@@ -245,9 +201,11 @@ def write_outputs(
     excluded = truncated == "exclude"
     counts, failures = run_counts([], [], []), []
     if files:
-        shards = _shards(files).materialize()  # read once, for the counts and the writes
+        shards = shard_dataset(
+            files, SHARD_SCHEMA
+        ).materialize()  # read once, for the counts and the writes
         counts, failed = _summarize(shards, final_layer, excluded)
-        failures = _failures(failed, _finished_among(shards, {r["id"] for r in failed}))
+        failures = _failures(failed, finished_among(shards, {r["id"] for r in failed}))
         split_cut = excluded and bool(counts["rows_truncated_excluded"])
         _write_sft(shards, run_dir, counts, final_layer, split_cut, single_file)
     else:

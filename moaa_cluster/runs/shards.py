@@ -50,6 +50,58 @@ def write_shard(run_dir: Path | str, table: pa.Table) -> Path | str:
     return path
 
 
+def read_shard_files(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Ray Data step: the shard files named in ``batch["path"]`` as one table of ``schema``
+    (read together, multi-threaded; a shard written before a field existed reads that field
+    as null)."""
+    import pyarrow.dataset as pads
+
+    paths = batch["path"].to_pylist()
+    fs, _ = storage.filesystem(paths[0])
+    local = [storage.filesystem(p)[1] for p in paths]
+    try:
+        return pads.dataset(local, format="parquet", filesystem=fs, schema=schema).to_table()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, NotImplementedError):  # an older shard schema
+        tables = []
+        for p in local:
+            t = pads.dataset(p, format="parquet", filesystem=fs).to_table()
+            tables.append(pa.Table.from_pylist(t.to_pylist(), schema=schema))
+        return pa.concat_tables(tables)
+
+
+FILES_PER_READ = 64
+
+
+def shard_dataset(files: list, schema: pa.Schema):
+    """The shard ``files`` as a Ray dataset of ``schema`` (read by tasks, 64 files each)."""
+    import ray
+
+    return ray.data.from_items(
+        [{"path": str(f)} for f in files], override_num_blocks=max(1, len(files) // FILES_PER_READ)
+    ).map_batches(
+        read_shard_files,
+        fn_kwargs={"schema": schema},
+        batch_format="pyarrow",
+        batch_size=FILES_PER_READ,
+    )
+
+
+def finished_among(shards, ids: set[str]) -> set[str]:
+    """Which of ``ids`` (failed rows': few) also have a finished row in the Ray dataset
+    ``shards`` (a failure retried to success by a rerun). Nothing is read when none failed."""
+    if not ids:
+        return set()
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted(ids), pa.string())
+
+    def pick(batch: pa.Table) -> pa.Table:
+        done = pc.and_(pc.is_null(batch["error"]), pc.is_in(batch["id"], value_set=wanted))
+        return batch.filter(done).select(["id"])
+
+    return {r["id"] for r in shards.map_batches(pick, batch_format="pyarrow").take_all()}
+
+
 def consolidate(run_dir: Path | str) -> tuple[list[dict], list[dict]]:
     """One row per id from all shards, a finished row winning over an earlier failure.
 

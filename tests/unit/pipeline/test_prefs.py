@@ -133,7 +133,7 @@ def write_shards(run_dir, outs: list[dict]) -> None:
     )
 
 
-def test_outputs_carry_the_flags_and_the_counts_and_skips_are_recorded(tmp_path):
+def test_outputs_carry_the_flags_and_the_counts_and_skips_are_recorded(tmp_path, ray_local):
     answers = {
         "a": BEST_CUT,
         "b": [(3, STOP), (1, STOP), (4, STOP), (0, LENGTH), (2, STOP)],
@@ -143,7 +143,7 @@ def test_outputs_carry_the_flags_and_the_counts_and_skips_are_recorded(tmp_path)
     settings = PrefsSettings()
     outs, _ = run_rows(answers, settings)
     write_shards(tmp_path, outs)
-    counts = write_outputs(tmp_path, [])
+    counts = write_outputs(tmp_path)
     assert counts["pairs"] == 2
     assert counts["skipped_all_truncated"] == 1 and counts["skipped_truncated_preferred"] == 1
     assert counts["candidates"] == 20 and counts["candidates_truncated"] == 1 + 1 + 5 + 1
@@ -163,3 +163,43 @@ def test_outputs_carry_the_flags_and_the_counts_and_skips_are_recorded(tmp_path)
     text = summary_text(counts, {"total": 1.0}, tmp_path, settings, sampled_only=False)
     assert "1 all truncated, 1 only truncated preferred" in text
     assert "8 of 20 candidates" in text and "0 chosen, 1 rejected" in text
+
+
+def test_outputs_over_many_shards_a_failure_retried_to_success_and_a_second_write(
+    tmp_path, ray_local
+):
+    """Stage 2's Ray Data outputs: pairs from every shard, sorted, in ``prefs/`` and
+    ``prefs.parquet``; a row that failed and later finished is a pair, not a reject; the
+    skipped rows' reject parts are written once however often the outputs are."""
+    import datasets
+
+    from moaa_cluster.runs.shards import write_shard
+
+    answers = {f"r{i}": [(i % 4, STOP), ((i + 1) % 4, STOP), (9, STOP)] for i in range(12)}
+    answers["same"] = [(1, STOP)] * 3  # identical candidates: a skip
+    settings = PrefsSettings(num_candidates=3)
+    outs, _ = run_rows(answers, settings)
+    failed = {**outs[0], "status": None, "error": "EngineDead: gone", "finished_at": 0.5}
+    failed_never = {**outs[1], "id": "lost", "status": None, "error": "TimeoutError: slow"}
+    for i in range(0, len(outs), 3):  # one shard a block of 3, as workers write them
+        write_shard(tmp_path, pa.Table.from_pylist(outs[i : i + 3], schema=SHARD_SCHEMA))
+    write_shard(tmp_path, pa.Table.from_pylist([failed, failed_never], schema=SHARD_SCHEMA))
+
+    for _ in range(2):  # a rerun with nothing left to do writes the same outputs again
+        counts = write_outputs(tmp_path)
+    assert counts["pairs"] == 12 and counts["skipped_identical"] == 1
+    assert counts["rows_failed"] == 1 and counts["rejects_input"] == 0
+    assert counts["judge"]["comparisons"] == 12 * 3 * 2
+    single = pq.read_table(tmp_path / "prefs.parquet")
+    ids = single["id"].to_pylist()
+    assert ids == sorted(f"r{i}" for i in range(12))
+    loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path / "prefs"), split="train")
+    assert loaded["id"] == ids
+    assert loaded[0]["chosen"] == single.slice(0, 1).to_pylist()[0]["chosen"]
+    rejects = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["where"], r["stage"]) for r in rejects] == [("same", "prefs"), ("lost", "inference")]
+    assert "candidates.parquet" not in {p.name for p in tmp_path.iterdir()}
+
+    sampled = write_outputs(tmp_path, sample_only=True)  # `moaa sample` writes candidates/
+    assert sampled["pairs"] == 12 and (tmp_path / "candidates.parquet").exists()
+    assert pq.read_table(tmp_path / "prefs.parquet").num_rows == 0
