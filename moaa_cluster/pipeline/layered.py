@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,8 @@ import pyarrow as pa
 from moaa_cluster.engines.placement import Capacity, first_fit_waves
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
-from moaa_cluster.moa.mixture import CallContext, Mixture, Step, conversation, run_steps
+from moaa_cluster.moa.mixture import CallContext, Mixture, Step, run_steps
+from moaa_cluster.pipeline import layered_rows as rows_between
 from moaa_cluster.pipeline.frame import (
     PoolSettings,
     RowWorker,
@@ -35,8 +35,8 @@ from moaa_cluster.pipeline.frame import (
     shard_schema,
     stream_dataset,
 )
+from moaa_cluster.runs import storage
 from moaa_cluster.runs.options import RunOptions
-from moaa_cluster.runs.shards import shard_dir, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -217,136 +217,16 @@ class LayeredJob:
         )
 
 
-# what a row carries from pass to pass besides its input columns
-CARRIED = ("state", "calls", "retries_sum")
-
-
-def _carried_schema(job: LayeredJob, call_type: pa.DataType) -> pa.Schema:
-    """A row between passes: its input columns, its answers so far (``state``, JSON), its
-    calls so far and the transient errors it survived."""
-    return pa.schema(
-        [
-            *job.input_schema,
-            ("state", pa.string()),
-            ("calls", pa.list_(call_type)),
-            ("retries_sum", pa.int32()),
-        ]
-    )
-
-
-def _start_carry(batch: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Rows as the first pass reads them: no answer, no call yet."""
-    n = batch.num_rows
-    cols = {f.name: batch[f.name] for f in schema if f.name not in CARRIED}
-    cols.update(
-        state=pa.array(["{}"] * n, pa.string()),
-        calls=pa.array([[]] * n, schema.field("calls").type),
-        retries_sum=pa.array([0] * n, pa.int32()),
-    )
-    return pa.table(cols, schema=schema)
-
-
-def _merge_pass(batch: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A row joined with its finished row of a pass (``new_*``): answers and calls added."""
-    rows = []
-    for r in batch.to_pylist():
-        state = {**json.loads(r["state"]), **json.loads(r["new_state"])}
-        rows.append(
-            {
-                **{f.name: r[f.name] for f in schema if f.name not in CARRIED},
-                "state": json.dumps(state),
-                "calls": [*r["calls"], *r["new_calls"]],
-                "retries_sum": (r["retries_sum"] or 0) + (r["new_retries"] or 0),
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
-def _pass_finished(batch: pa.Table) -> pa.Table:
-    """A pass's finished shard rows, renamed to be joined onto the carried rows."""
-    import pyarrow.compute as pc
-
-    done = batch.filter(pc.is_null(batch["error"]))
-    return pa.table(
-        {
-            "id": done["id"],
-            "new_state": done["state"],
-            "new_calls": done["calls"],
-            "new_retries": done["retries"],
-        }
-    )
-
-
-def _in_pass(batch: pa.Table, turn: int, takes_part: bool) -> pa.Table:
-    """The rows that take part in a pass of ``turn`` (they have that turn), or the others."""
-    import pyarrow.compute as pc
-
-    has = pc.greater(pc.list_value_length(batch["turns"]), turn)
-    return batch.filter(has if takes_part else pc.invert(has))
-
-
-def _final_rows(batch: pa.Table, mixture: Mixture, schema: pa.Schema) -> list[dict]:
-    """Rows that finished every pass, in the resident path's shard schema."""
-    now = time.time()
-    out = []
-    for r in batch.to_pylist():
-        state = json.loads(r["state"])
-        out.append(
-            {
-                **{n: r[n] for n in schema.names if n in r and n not in CARRIED},
-                "messages": conversation(mixture, {**r, **state}),
-                "calls": sorted(r["calls"], key=lambda c: (c["turn"], c["layer"], c["seat"])),
-                "error": None,
-                "finished_at": now,
-                "retries": r["retries_sum"] or 0,
-            }
-        )
-    return out
-
-
-def _write_final(batch: pa.Table, run_dir: str, mixture: Mixture, schema: pa.Schema) -> pa.Table:
-    """Ray Data step: rows that finished every pass, written as the run's shards by the task
-    (only counts go on)."""
-    rows = _final_rows(batch, mixture, schema)
-    if rows:
-        write_shard(run_dir, pa.Table.from_pylist(rows, schema=schema))
-    return pa.table({"rows": [len(rows)]})
-
-
-def _failed_ids(pass_dir, schema: pa.Schema) -> dict[str, str]:
-    """The ids of a pass's rows that failed and never finished there, with the last error
-    (failures are few)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
-    from moaa_cluster.runs import storage
-
-    files = storage.list_files(shard_dir(pass_dir), ".parquet")
-    if not files:
-        return {}
-    fs, _ = storage.filesystem(files[0])
-    t = pads.dataset([storage.filesystem(f)[1] for f in files], format="parquet", filesystem=fs)
-    t = t.to_table(columns=["id", "error", "finished_at"])
-    done = set(t.filter(pc.is_null(t["error"]))["id"].to_pylist())
-    bad = t.filter(pc.is_valid(t["error"])).sort_by("finished_at").to_pylist()
-    return {r["id"]: r["error"] for r in bad if r["id"] not in done}
-
-
-def _partitions(n: int) -> int:
-    return max(1, min(64, n // 100_000 + 1))
-
-
 def run_layered(rows, job: LayeredJob, passes: list[Pass], host, opts: RunOptions) -> int:
     """Runs ``passes`` over ``rows`` (a Ray dataset, or a list of row dicts); writes the
     finished rows to the run's shards.
 
-    Storage to storage: pass by pass, the rows still in the race are a Ray dataset in the
-    object store, each row with its answers so far. A pass streams the rows that have its turn
-    and have not finished it (its shards under ``<run_dir>/passes/<pass>`` say which) through
-    its workers; the rows it finished are joined back (Ray Data ``join`` on ``id``) with their
-    new answers, rows without that turn pass on untouched, rows that failed drop out and are
-    recorded with the pass's label. The rows that finish every pass are written by Ray Data
-    tasks as the run's shards. The driver holds dataset handles, counts and failed ids.
+    Storage to storage (:mod:`moaa_cluster.pipeline.layered_rows`): between passes the rows
+    are a Ray dataset in the object store, each with its answers so far. A pass streams the
+    rows that have its turn and have not finished it (its shards under
+    ``<run_dir>/passes/<pass>`` say which) through its workers; its finished rows are joined
+    back by ``id``, rows without its turn pass on, rows it failed drop out and are recorded with
+    the pass's label. Ray Data tasks write the rows that finish every pass as the run's shards.
 
     Args:
         host: ``engines.host.EngineHost``; ``host.use(specs)`` makes a pass's engines resident.
@@ -356,114 +236,60 @@ def run_layered(rows, job: LayeredJob, passes: list[Pass], host, opts: RunOption
     Returns:
         Rows written (finished or failed).
     """
-    import ray
-
-    from moaa_cluster.pipeline.instructions import unfinished
-    from moaa_cluster.runs import storage
-    from moaa_cluster.runs.shards import finished_id_array, shard_dataset
-
-    call_type = job.shard_schema.field("calls").type.value_type
-    pass_in, pass_out = _pass_schemas(call_type, job.input_schema)
-    carried = _carried_schema(job, call_type)
     if isinstance(rows, list):
         rows = rows_dataset(rows, job.input_schema)
-    live = rows.select_columns(job.input_schema.names).map_batches(
-        _start_carry, fn_kwargs={"schema": carried}, batch_format="pyarrow"
+    call_type = job.shard_schema.field("calls").type.value_type
+    live = rows_between.start_rows(
+        rows, job.input_schema, rows_between.carried_schema(job.input_schema, call_type)
     )
-    live = live.materialize()
-    n_live = live.count()
     failed: dict[str, str] = {}
     for i, p in enumerate(passes, start=1):
-        pass_dir = storage.join(opts.run_dir, "passes", p.name)
-        taking = live.map_batches(
-            _in_pass, fn_kwargs={"turn": p.turn, "takes_part": True}, batch_format="pyarrow"
-        ).materialize()
-        n_taking = taking.count()
-        finished = ray.remote(num_cpus=0)(finished_id_array).remote(str(pass_dir))
-        todo = taking.map_batches(
-            unfinished, fn_kwargs={"finished": finished}, batch_format="pyarrow"
-        ).materialize()
-        n_todo = todo.count()
-        print(
-            f"pass {i}/{len(passes)}: {p.label}: {n_todo} rows to run, "
-            f"{n_taking - n_todo} done before",
-            flush=True,
-        )
-        if n_todo:
-            host.use([job.specs[k] for k in p.models])
-            stream_dataset(
-                todo.select_columns(pass_in.names),
-                n_todo,
-                StreamJob(
-                    PassWorker,
-                    {
-                        "mixture": job.mixture,
-                        "specs": job.specs,
-                        "settings": job.settings,
-                        "step": p,
-                        "output_schema": pass_out,
-                        **job.worker_extra,
-                    },
-                    pass_out,
-                    pass_dir,
-                ),
-                job.pool(f"synth pass {i}/{len(passes)}", opts.progress, n_todo * len(p.seats)),
-            )
-        lost = _failed_ids(pass_dir, pass_out)
-        files = storage.list_files(shard_dir(pass_dir), ".parquet")
-        others = live.map_batches(
-            _in_pass, fn_kwargs={"turn": p.turn, "takes_part": False}, batch_format="pyarrow"
-        )
-        if files and n_taking:
-            answered = shard_dataset(files, pass_out).map_batches(
-                _pass_finished, batch_format="pyarrow"
-            )
-            merged = taking.join(
-                answered, "inner", num_partitions=_partitions(n_taking), on=("id",)
-            ).map_batches(_merge_pass, fn_kwargs={"schema": carried}, batch_format="pyarrow")
-            live = others.union(merged)
-        else:
-            live = others
-        live = live.materialize()
+        live, lost = _run_pass(p, f"{i}/{len(passes)}", live, job, host, opts)
         for rid, error in lost.items():
             failed.setdefault(rid, f"{p.label}: {error}")
-    written = 0
-    if n_live:
-        counts = live.map_batches(
-            _write_final,
-            fn_kwargs={
-                "run_dir": str(opts.run_dir),
-                "mixture": job.mixture,
-                "schema": job.shard_schema,
-            },
-            batch_format="pyarrow",
-        ).take_all()
-        written = sum(c["rows"] for c in counts)
+    written = rows_between.write_finished(live, opts.run_dir, job.mixture, job.shard_schema)
     if failed:
-        written += _write_failed(rows, failed, job, opts)
+        written += rows_between.write_failed(rows, failed, job.shard_schema, opts.run_dir)
     return written
 
 
-def _write_failed(rows, failed: dict[str, str], job: LayeredJob, opts: RunOptions) -> int:
-    """The rows that failed in some pass (few) as failed rows of the run's shards."""
-    import pyarrow.compute as pc
+def _run_pass(p: Pass, num: str, live, job: LayeredJob, host, opts: RunOptions):
+    """Pass ``p`` over the rows ``live``: returns the rows after it and the ids it failed."""
+    import ray
 
-    wanted = pa.array(sorted(failed), pa.string())
-    picked = rows.map_batches(
-        lambda b: b.filter(pc.is_in(b["id"], value_set=wanted)), batch_format="pyarrow"
-    ).take_all()
-    now = time.time()
-    out = [
-        {
-            **{n: r[n] for n in job.input_schema.names},
-            "messages": [],
-            "calls": [],
-            "error": failed[r["id"]],
-            "finished_at": now,
-            "retries": 0,
+    from moaa_cluster.pipeline.instructions import unfinished
+    from moaa_cluster.runs.shards import finished_id_array
+
+    call_type = job.shard_schema.field("calls").type.value_type
+    pass_in, pass_out = _pass_schemas(call_type, job.input_schema)
+    pass_dir = storage.join(opts.run_dir, "passes", p.name)
+    taking, others = rows_between.split_by_turn(live, p.turn)
+    n_taking = taking.count()
+    finished = ray.remote(num_cpus=0)(finished_id_array).remote(str(pass_dir))
+    todo = taking.map_batches(
+        unfinished, fn_kwargs={"finished": finished}, batch_format="pyarrow"
+    ).materialize()
+    n_todo = todo.count()
+    print(
+        f"pass {num}: {p.label}: {n_todo} rows to run, {n_taking - n_todo} done before",
+        flush=True,
+    )
+    if n_todo:
+        host.use([job.specs[k] for k in p.models])
+        kwargs = {
+            "mixture": job.mixture,
+            "specs": job.specs,
+            "settings": job.settings,
+            "step": p,
+            "output_schema": pass_out,
+            **job.worker_extra,
         }
-        for r in picked
-    ]
-    if out:
-        write_shard(opts.run_dir, pa.Table.from_pylist(out, schema=job.shard_schema))
-    return len(out)
+        stream_dataset(
+            todo.select_columns(pass_in.names),
+            n_todo,
+            StreamJob(PassWorker, kwargs, pass_out, pass_dir),
+            job.pool(f"synth pass {num}", opts.progress, n_todo * len(p.seats)),
+        )
+    carried = rows_between.carried_schema(job.input_schema, call_type)
+    after = rows_between.merge_pass(taking, others, pass_dir, pass_out, carried, n_taking)
+    return after, rows_between.failed_in_pass(pass_dir)
