@@ -137,10 +137,11 @@ def fit(
     done = _finished_run(kind, run_dir, opts.overwrite)
     if done is not None:
         return done
-    if not (Path(settings.base_model) / "config.json").exists():
+    if not storage.exists(storage.join(settings.base_model, "config.json")):
         raise ConfigError(f"base model {settings.base_model} is not an HF checkpoint directory")
-    # absolute: the Ray Train workers do not run in the driver's working directory
-    settings = replace(settings, base_model=str(Path(settings.base_model).resolve()))
+    if not storage.is_uri(settings.base_model):  # on object storage: each worker copies it
+        # absolute: the Ray Train workers do not run in the driver's working directory
+        settings = replace(settings, base_model=str(Path(settings.base_model).resolve()))
     check_writable(run_dir)
     settings, n_rows, n_rejected = _prepare_data(kind, data_path, settings, run_dir, opts.limit)
     check_recipe(kind, settings, scaling)
