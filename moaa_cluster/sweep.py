@@ -13,11 +13,8 @@ has the table of the points that finished); at the end it prints the table. It k
 it shows the numbers any manifest carries (``counts``, ``metrics``, ``losses``, ``summary``,
 ``timings_s``), so new tasks appear in it by writing a manifest.
 
-With ``output_root`` on object storage (``-m output_root=s3://bucket/runs``), Hydra's own
-files (``multirun.yaml``, each job's directory) stay local, under :func:`hydra_root`: the
-configs' ``hydra.sweep.dir`` starts with ``${moaa.hydra_root:${output_root}}``. Each point's
-run directory and the summary go to the same place under the URI (:func:`point_dir`):
-``<output_root>/sweeps/<task>-<time>/<num>-<run_name>``, one sweep name for both.
+With ``output_root`` on object storage, Hydra's own files stay in a local directory and each
+point's run directory and the summary go under the URI (``runs.sweep_dirs``).
 
 This module is imported for every Hydra task (callbacks are built in single runs too): keep
 its imports light.
@@ -31,66 +28,16 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf
+
+from moaa_cluster.runs.sweep_dirs import join, point_dir, resolved
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary"
 MANIFEST = "manifest.json"
 METRIC_SECTIONS = ("metrics", "losses", "summary")  # manifest parts whose numbers are shown
-# Hydra's own files of a sweep whose output_root is a URI: here, relative to the working dir
-HYDRA_URI_ROOT = Path("outputs", "hydra")
-
-
-def _is_uri(path: object) -> bool:  # runs.storage.is_uri, without importing pyarrow here
-    return isinstance(path, str) and "://" in path and not path.startswith("file://")
-
-
-def hydra_root(output_root: str) -> str:
-    """Where Hydra keeps a sweep's own files for ``output_root``: ``output_root`` itself when
-    it is a local path; for a URI, a local directory named after it
-    (``s3://b/runs`` -> ``outputs/hydra/s3/b/runs``), so Hydra never makes a local ``s3:``.
-
-    The ``moaa.hydra_root`` resolver the configs' ``hydra.sweep.dir`` uses.
-    """
-    output_root = str(output_root)
-    if not _is_uri(output_root):
-        return output_root
-    url = urlsplit(output_root)
-    parts = [p for p in f"{url.netloc}/{url.path}".split("/") if p not in ("", ".", "..")]
-    return str(HYDRA_URI_ROOT.joinpath(url.scheme, *parts))
-
-
-def point_dir(job_dir: str | Path, output_root: str | None) -> str | Path:
-    """A sweep point's run directory from Hydra's job (or sweep) directory ``job_dir``.
-
-    ``job_dir`` itself (resolved) when ``output_root`` is local; when it is a URI and
-    ``job_dir`` lies under :func:`hydra_root`, the same relative place under the URI. A
-    ``hydra.sweep.dir`` set elsewhere by the user is kept as it is.
-    """
-    local = Path(str(job_dir)).resolve()
-    if output_root is None or not _is_uri(str(output_root)):
-        return local
-    try:
-        rel = local.relative_to(Path(hydra_root(str(output_root))).resolve())
-    except ValueError:
-        return local
-    return posixpath.join(str(output_root).rstrip("/"), *rel.parts)
-
-
-OmegaConf.register_new_resolver("moaa.hydra_root", hydra_root, replace=True)
-
-
-def _run_path(path: str | Path) -> str | Path:
-    """A run directory as kept here: a URI unchanged, a local path resolved."""
-    return path if _is_uri(path) else Path(str(path)).resolve()
-
-
-def _join(base: str | Path, name: str) -> str | Path:
-    return posixpath.join(base, name) if _is_uri(base) else Path(base) / name
 
 
 def _is_number(value: object) -> bool:
@@ -142,7 +89,7 @@ def read_manifest(run_dir: Path | str) -> dict | None:
     unreadable."""
     from moaa_cluster.runs.files import read_json
 
-    return read_json(_join(run_dir, MANIFEST))
+    return read_json(join(run_dir, MANIFEST))
 
 
 def point_record(
@@ -172,7 +119,7 @@ def point_record(
         "status": "ok" if status == "COMPLETED" else "failed",
         "error": error,
         "output_dir": str(run_dir),
-        "manifest": str(_join(run_dir, MANIFEST)) if manifest is not None else None,
+        "manifest": str(join(run_dir, MANIFEST)) if manifest is not None else None,
         "task": None,
         "counts": {},
         "metrics": {},
@@ -312,7 +259,7 @@ def write_summary(
     from moaa_cluster.runs.storage import run_path, write_bytes
 
     sweep_dir = run_path(sweep_dir)
-    paths = (_join(sweep_dir, f"{name}.md"), _join(sweep_dir, f"{name}.json"))
+    paths = (join(sweep_dir, f"{name}.md"), join(sweep_dir, f"{name}.json"))
     for path, text in zip(
         paths, (format_markdown(summary), json.dumps(summary, indent=2, default=str)), strict=True
     ):
@@ -354,7 +301,7 @@ def use_point_dir(cfg) -> None:
     if not _user_set(hc.overrides.task, "output_dir"):
         with open_dict(cfg):
             cfg.output_dir = str(point_dir(hc.runtime.output_dir, cfg.get("output_root")))
-    run_dir = str(_run_path(str(cfg.output_dir)))
+    run_dir = str(resolved(str(cfg.output_dir)))
     num = int(hc.job.num)
     other = _CLAIMED.setdefault(run_dir, num)
     if other != num:
@@ -410,7 +357,7 @@ class SweepSummary(Callback):
         self.points[num] = point_record(
             num,
             job_return.overrides or [],
-            _run_path(str(run_dir)),
+            resolved(str(run_dir)),
             status=status,
             error=error,
         )
@@ -446,7 +393,7 @@ class SweepSummary(Callback):
             return None
         from moaa_cluster.evaluation.table import write_table
 
-        dirs = [_run_path(p["output_dir"]) for p in self.points.values() if p["status"] == "ok"]
+        dirs = [resolved(p["output_dir"]) for p in self.points.values() if p["status"] == "ok"]
         return write_table(self.sweep_dir, dirs)
 
     def _summary(self) -> dict:

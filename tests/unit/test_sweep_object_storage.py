@@ -18,7 +18,8 @@ from pathlib import Path
 
 from moaa_cluster.evaluation.table import write_table
 from moaa_cluster.runs import storage
-from moaa_cluster.sweep import hydra_root, point_dir, write_summary
+from moaa_cluster.runs.sweep_dirs import hydra_root, point_dir
+from moaa_cluster.sweep import write_summary
 
 
 def test_hydra_root_is_the_local_root_itself_or_a_local_directory_named_after_the_uri():
