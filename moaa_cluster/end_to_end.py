@@ -4,12 +4,16 @@ Each stage writes its own subdirectory with its own manifest; a rerun skips ever
 manifest says it is complete (and resumes the first one that is not), ``from_stage`` redoes
 one stage and all later ones. The engines stay up between stages that share models (the
 embedded judge's models are the stage-1 teachers), and all of them stop at the end.
+
+The run directory may be on object storage (``output_dir=s3://...``, ``runs.storage``): every
+stage writes there, and the trained checkpoints (``sft/model``, ``dpo/model``) are served from
+it: each engine copies its checkpoint to a node-local cache first
+(``engines.serve_llm.model_source``), and DPO's trainers copy the SFT model the same way.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +21,7 @@ from pathlib import Path
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
 from moaa_cluster.evaluation.settings import Baseline
+from moaa_cluster.runs import storage
 from moaa_cluster.runs.manifest import Manifest
 from moaa_cluster.runs.options import RunOptions
 
@@ -73,19 +78,27 @@ def check_stages(stages: tuple[str, ...]) -> tuple[str, ...]:
     return stages
 
 
-def is_complete(stage: str, stage_dir: Path) -> bool:
-    """Whether a stage's directory holds a finished result the next stage can use."""
+def is_complete(stage: str, stage_dir: Path | str) -> bool:
+    """Whether a stage's directory (local or a URI) holds a finished result the next stage
+    can use."""
     m = Manifest.load(stage_dir)
     if m is None or not m.complete:
         return False
-    return stage not in ("sft", "dpo") or (stage_dir / "model" / "config.json").exists()
+    return stage not in ("sft", "dpo") or storage.exists(
+        storage.join(model_dir(stage_dir), "config.json")
+    )
 
 
-def trained_spec(base: ModelSpec, stage_dir: Path, suffix: str) -> ModelSpec:
+def model_dir(stage_dir: Path | str) -> str:
+    """The checkpoint a training stage exports: ``<stage_dir>/model``, as a string."""
+    return str(storage.join(stage_dir, "model"))
+
+
+def trained_spec(base: ModelSpec, stage_dir: Path | str, suffix: str) -> ModelSpec:
     """The base model's engine spec pointed at a trained checkpoint, served by its own engine
     (never by an engine the base shares, as in a rehearsal)."""
     return replace(
-        base, name=f"{base.name}-{suffix}", path=str(stage_dir / "model"), hub_id=None, engine=None
+        base, name=f"{base.name}-{suffix}", path=model_dir(stage_dir), hub_id=None, engine=None
     )
 
 
@@ -95,13 +108,13 @@ def run_pipeline(parts: PipelineParts, opts: RunOptions, from_stage: str | None 
 
     ``opts.overwrite`` deletes the whole run directory first; ``opts.manifest_extra`` (the
     resolved ``config`` and the ``rehearsal`` record) goes into the pipeline's manifest, and
-    the rehearsal record into its report. Each stage writes ``<run_dir>/<stage>``.
+    the rehearsal record into its report. Each stage writes ``<run_dir>/<stage>``; the run
+    directory may be an object-store URI.
     """
     stages = check_stages(parts.stages)
     if from_stage is not None and from_stage not in stages:
         raise ConfigError(f"from_stage must be one of {list(stages)}, got {from_stage!r}")
-    # absolute: Ray Train workers and engine replicas do not share the driver's cwd
-    run = StageRun(parts, replace(opts, run_dir=Path(opts.run_dir).resolve()), stages)
+    run = StageRun(parts, replace(opts, run_dir=absolute(opts.run_dir)), stages)
     run.prepare(from_stage)
     preflight(parts, opts.cluster, run.prefs_specs, run.eval_specs)
     t_start = time.monotonic()
@@ -112,13 +125,19 @@ def run_pipeline(parts: PipelineParts, opts: RunOptions, from_stage: str | None 
     return _finish(run, t_start)
 
 
+def absolute(run_dir: Path | str) -> Path | str:
+    """A URI as it is; a local path made absolute (Ray Train workers and engine replicas do
+    not share the driver's working directory)."""
+    return run_dir if storage.is_uri(run_dir) else Path(run_dir).resolve()
+
+
 @dataclass
 class StageRun:
     """One pipeline run: its stages and their directories, the engines and times so far.
 
     Attributes:
         parts: The stages' objects (``build.pipeline``).
-        opts: The pipeline's run options, ``run_dir`` absolute.
+        opts: The pipeline's run options, ``run_dir`` absolute (or a URI).
         stages: The recipe's stages, checked (``check_stages``).
         started: Engines running now, by model name (kept between stages that share them).
         timings: Wall seconds of each stage run now (skipped ones have none).
@@ -156,8 +175,8 @@ class StageRun:
         if "dpo" in self.stages:  # base -> SFT -> DPO: the SFT model is evaluated too
             self.eval_specs["sft"] = self.sft_spec
 
-    def dir(self, stage: str) -> Path:
-        return self.opts.run_dir / stage
+    def dir(self, stage: str) -> Path | str:
+        return storage.join(self.opts.run_dir, stage)
 
     def stage_opts(self, stage: str, limit: int | None = None) -> RunOptions:
         """A stage's run options: its own directory, engines kept for the next stage."""
@@ -175,14 +194,14 @@ class StageRun:
         from moaa_cluster.runs.files import check_writable
 
         run_dir = self.opts.run_dir
-        if self.opts.overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
+        if self.opts.overwrite:
+            storage.remove(run_dir)  # nothing when it does not exist
         check_writable(run_dir)
         if from_stage is not None:
             for stage in STAGES[STAGES.index(from_stage) :]:
                 for d in (self.dir(stage), self.dir(EVAL_SFT) if stage == "eval" else None):
-                    if d is not None and d.exists():
-                        shutil.rmtree(d)
+                    if d is not None:
+                        storage.remove(d)
 
     def run_stages(self) -> None:
         """Every stage of the recipe in order, each skipped when it is complete."""
@@ -218,7 +237,7 @@ class StageRun:
         # stage evaluates the SFT model too, and a CPU engine start costs half a minute)
         if self.sft_spec.name in self.started and p.scaling.use_gpu:
             stop_engines([self.started.pop(self.sft_spec.name)])
-        dpo_settings = replace(p.dpo_settings, base_model=str(self.dir("sft") / "model"))
+        dpo_settings = replace(p.dpo_settings, base_model=model_dir(self.dir("sft")))
         self.stage(
             "dpo",
             lambda: fit("dpo", self.dir("prefs"), dpo_settings, p.scaling, self.stage_opts("dpo")),
@@ -237,7 +256,8 @@ class StageRun:
             self._swap_engines({**judges, "model": self.sft_spec, "baseline": p.base})
             _evaluate(p, self.sft_spec, baseline, self.stage_opts(EVAL_SFT, p.eval_limit))
             baseline = Baseline(
-                answers=str(self.dir(EVAL_SFT) / "baseline_answers.parquet"), name=p.base.name
+                answers=str(storage.join(self.dir(EVAL_SFT), "baseline_answers.parquet")),
+                name=p.base.name,
             )
         engines = {**judges, "model": self.final}
         self._swap_engines(engines if baseline.model is None else {**engines, "baseline": p.base})
@@ -268,8 +288,8 @@ class StageRun:
         print(f"== stage {n}/{total} {name}: ended after {self.timings[name]:.0f} s", flush=True)
         if not is_complete(name, d):
             raise RuntimeError(
-                f"stage {name} did not complete (see {d / 'manifest.json'} and "
-                f"{d / 'rejects.jsonl'}); rerun the same command to resume it"
+                f"stage {name} did not complete (see {storage.join(d, 'manifest.json')} and "
+                f"{storage.join(d, 'rejects.jsonl')}); rerun the same command to resume it"
             )
 
     def _swap_engines(self, engines: dict | None) -> None:
@@ -367,7 +387,7 @@ def _evaluate(parts: PipelineParts, model: ModelSpec, baseline: Baseline, opts: 
     )
 
 
-def _report(run_dir: Path, cluster: dict, rehearsal: dict | None = None) -> Path | None:
+def _report(run_dir: Path | str, cluster: dict, rehearsal: dict | None = None) -> Path | None:
     """``report.md`` with plots over every stage; a failure here never fails the pipeline."""
     from moaa_cluster.reporting import write_report
 

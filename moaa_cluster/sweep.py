@@ -13,6 +13,9 @@ has the table of the points that finished); at the end it prints the table. It k
 it shows the numbers any manifest carries (``counts``, ``metrics``, ``losses``, ``summary``,
 ``timings_s``), so new tasks appear in it by writing a manifest.
 
+With ``output_root`` on object storage, Hydra's own files stay in a local directory and each
+point's run directory and the summary go under the URI (``runs.sweep_dirs``).
+
 This module is imported for every Hydra task (callbacks are built in single runs too): keep
 its imports light.
 """
@@ -21,11 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+
+from moaa_cluster.runs.sweep_dirs import join, point_dir, resolved
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +84,18 @@ def token_totals(counts: object) -> dict[str, int] | None:
     return totals if found else None
 
 
-def read_manifest(run_dir: Path) -> dict | None:
-    """The point's ``manifest.json``, or ``None`` if it is missing or unreadable."""
+def read_manifest(run_dir: Path | str) -> dict | None:
+    """The point's ``manifest.json`` (local or a URI), or ``None`` if it is missing or
+    unreadable."""
     from moaa_cluster.runs.files import read_json
 
-    return read_json(Path(run_dir) / MANIFEST)
+    return read_json(join(run_dir, MANIFEST))
 
 
 def point_record(
     num: int,
     overrides: Iterable[str],
-    run_dir: Path,
+    run_dir: Path | str,
     *,
     status: str = "COMPLETED",
     error: str | None = None,
@@ -99,7 +106,7 @@ def point_record(
     Args:
         num: Hydra's job number within the sweep.
         overrides: The point's task overrides (``key=value`` strings).
-        run_dir: The point's run directory.
+        run_dir: The point's run directory (a path or a URI).
         status: ``COMPLETED`` or ``FAILED`` (Hydra's job status).
         error: The failure, one line, for a failed point.
         manifest: The point's manifest; read from ``run_dir`` when not given.
@@ -112,7 +119,7 @@ def point_record(
         "status": "ok" if status == "COMPLETED" else "failed",
         "error": error,
         "output_dir": str(run_dir),
-        "manifest": str(Path(run_dir) / MANIFEST) if manifest is not None else None,
+        "manifest": str(join(run_dir, MANIFEST)) if manifest is not None else None,
         "task": None,
         "counts": {},
         "metrics": {},
@@ -153,7 +160,7 @@ def _union(keys: Iterable[Iterable[str]]) -> list[str]:
 
 
 def build_summary(
-    points: list[dict], *, sweep_dir: Path | None = None, task: str | None = None
+    points: list[dict], *, sweep_dir: Path | str | None = None, task: str | None = None
 ) -> dict:
     """The table across sweep points: what differs between them and what each produced.
 
@@ -221,11 +228,11 @@ def format_markdown(summary: dict) -> str:
     ]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    sweep_dir = Path(summary["sweep_dir"]) if summary.get("sweep_dir") else None
+    prefix = summary["sweep_dir"].rstrip("/") + "/" if summary.get("sweep_dir") else None
     for p in points:
-        out = Path(p["output_dir"])
-        if sweep_dir is not None and out.is_relative_to(sweep_dir):
-            out = out.relative_to(sweep_dir)
+        out = str(p["output_dir"])  # shown relative to the sweep directory when inside it
+        if prefix is not None and out.startswith(prefix):
+            out = out[len(prefix) :]
         tokens = p.get("tokens") or {}
         status = p["status"] if not p.get("error") else f"{p['status']}: {p['error']}"
         cells = [
@@ -238,23 +245,25 @@ def format_markdown(summary: dict) -> str:
             tokens.get("completion"),
             p.get("wall_s"),
             _cleanup_cell(p.get("ray")),
-            str(out),
+            out,
         ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_summary(sweep_dir: Path, summary: dict, name: str = SUMMARY_NAME) -> tuple[Path, Path]:
-    """Writes ``<name>.md`` and ``<name>.json`` into ``sweep_dir`` atomically."""
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    paths = (sweep_dir / f"{name}.md", sweep_dir / f"{name}.json")
+def write_summary(
+    sweep_dir: Path | str, summary: dict, name: str = SUMMARY_NAME
+) -> tuple[Path | str, Path | str]:
+    """Writes ``<name>.md`` and ``<name>.json`` into ``sweep_dir`` (local or a URI), each
+    whole (``runs.storage.write_bytes``)."""
+    from moaa_cluster.runs.storage import run_path, write_bytes
+
+    sweep_dir = run_path(sweep_dir)
+    paths = (join(sweep_dir, f"{name}.md"), join(sweep_dir, f"{name}.json"))
     for path, text in zip(
         paths, (format_markdown(summary), json.dumps(summary, indent=2, default=str)), strict=True
     ):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_bytes(path, text.encode())
     return paths
 
 
@@ -271,7 +280,8 @@ def use_point_dir(cfg) -> None:
     """In a multirun, points the task's ``output_dir`` at the point's own directory.
 
     The point directory is Hydra's job directory (``hydra.sweep.dir``/``hydra.sweep.subdir``),
-    unless the user set ``output_dir`` on the command line. Two points of one sweep writing
+    or its place under ``output_root`` when that is a URI (:func:`point_dir`), unless the
+    user set ``output_dir`` on the command line. Two points of one sweep writing
     the same directory would resume each other's rows, so that is refused.
 
     Raises:
@@ -290,8 +300,8 @@ def use_point_dir(cfg) -> None:
         return
     if not _user_set(hc.overrides.task, "output_dir"):
         with open_dict(cfg):
-            cfg.output_dir = str(hc.runtime.output_dir)
-    run_dir = str(Path(cfg.output_dir).resolve())
+            cfg.output_dir = str(point_dir(hc.runtime.output_dir, cfg.get("output_root")))
+    run_dir = str(resolved(str(cfg.output_dir)))
     num = int(hc.job.num)
     other = _CLAIMED.setdefault(run_dir, num)
     if other != num:
@@ -320,12 +330,12 @@ class SweepSummary(Callback):
         self.name = name
         self.echo = echo
         self.points: dict[int, dict] = {}
-        self.sweep_dir: Path | None = None
+        self.sweep_dir: Path | str | None = None
         self.task: str | None = None
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.points = {}
-        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self.sweep_dir = self._sweep_dir(config)
         self.task = config.get("task")
         _CLAIMED.clear()
 
@@ -335,7 +345,7 @@ class SweepSummary(Callback):
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         if self.sweep_dir is None:
-            self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+            self.sweep_dir = self._sweep_dir(config)
         task_cfg = job_return.cfg if job_return.cfg is not None else config
         run_dir = task_cfg.get("output_dir") or config.hydra.runtime.output_dir
         status = getattr(job_return.status, "name", str(job_return.status))
@@ -347,7 +357,7 @@ class SweepSummary(Callback):
         self.points[num] = point_record(
             num,
             job_return.overrides or [],
-            Path(str(run_dir)).resolve(),
+            resolved(str(run_dir)),
             status=status,
             error=error,
         )
@@ -363,18 +373,27 @@ class SweepSummary(Callback):
         md, js = write_summary(self.sweep_dir, summary, self.name)
         if self.echo:
             print("\n" + format_markdown(summary), flush=True)
-            print(f"sweep summary: {md} (and {js.name})", flush=True)
+            print(f"sweep summary: {md} (and {posixpath.basename(str(js))})", flush=True)
             table = self._eval_table()
             if table is not None:
-                print("\n" + table.read_text() + f"table: {table} (and table.json)", flush=True)
+                from moaa_cluster.runs.storage import read_bytes
 
-    def _eval_table(self) -> Path | None:
+                text = (read_bytes(table) or b"").decode()
+                print("\n" + text + f"table: {table} (and table.json)", flush=True)
+
+    @staticmethod
+    def _sweep_dir(config) -> Path | str:
+        """The sweep directory the summary goes to: Hydra's, or its place under a URI
+        ``output_root``."""
+        return point_dir(str(config.hydra.sweep.dir), config.get("output_root"))
+
+    def _eval_table(self) -> Path | str | None:
         """An eval sweep (``-m protocol=... model=...``) also gets the paper-style table."""
         if self.task != "eval":
             return None
         from moaa_cluster.evaluation.table import write_table
 
-        dirs = [Path(p["output_dir"]) for p in self.points.values() if p["status"] == "ok"]
+        dirs = [resolved(p["output_dir"]) for p in self.points.values() if p["status"] == "ok"]
         return write_table(self.sweep_dir, dirs)
 
     def _summary(self) -> dict:

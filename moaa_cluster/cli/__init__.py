@@ -36,6 +36,8 @@ log = logging.getLogger("moaa")
 def _hydra_task(task: str, config_name: str, argv: list[str], fn) -> int:
     import hydra
 
+    import moaa_cluster.sweep  # noqa: F401  registers moaa.hydra_root (conf: hydra.sweep.dir)
+
     sys.argv = [f"moaa {task}", *argv]
     hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")(fn)()
     return 0

@@ -18,8 +18,8 @@ def manifest_extra(cfg) -> dict:
 
 
 # tasks whose run directory may be an object-store URI (output_dir=s3://...): runs.storage.
-# Not `pipeline`: its later stages serve the trained model with vLLM, which loads a local path
-URI_TASKS = ("synth", "prefs", "sample", "judge_eval", "eval", "train-sft", "train-dpo")
+# `pipeline` too: its engines copy the trained checkpoints to their nodes (runs.model_cache)
+URI_TASKS = ("synth", "prefs", "sample", "judge_eval", "eval", "train-sft", "train-dpo", "pipeline")
 
 
 def run_options(cfg):

@@ -120,8 +120,11 @@ def system_mode(spec: ModelSpec) -> str:
         return role
     if not spec.path:
         return NATIVE
-    path = Path(os.path.expanduser(spec.path))
-    if not path.is_dir():
+    from moaa_cluster.runs.model_cache import local_files  # a URI: its config + tokenizer
+
+    local = local_files(spec.path)
+    path = Path(local if local is not None else spec.path)
+    if local is None or not path.is_dir():
         if spec.name in _warned_no_checkpoint:  # one line per model, not one per backend
             return NATIVE
         _warned_no_checkpoint.add(spec.name)

@@ -46,6 +46,31 @@ def bundles(spec: ModelSpec) -> list[dict]:
     return [{"CPU": spec.cpus_per_replica}]
 
 
+FETCH_CALLBACK = "moaa_cluster.engines.fetch_checkpoint.FetchCheckpoint"
+
+
+def model_source(spec: ModelSpec) -> tuple[str, dict | None]:
+    """What the engine loads, and the Serve LLM callback that puts it there first.
+
+    A local path or hub id is loaded as it is. A checkpoint on object storage
+    (``path=s3://...``) is copied on every node of the engine, before vLLM starts there, to a
+    node-local directory named after the URI (``runs.model_cache``), which the engine loads:
+    the path is computed here, so every node needs the same cache directory
+    (``MOAA_REMOTE_MODELS_DIR``, default ``~/.cache/moaa-cluster/remote-models`` as the
+    driver expands it).
+    """
+    from moaa_cluster.runs.model_cache import cache_dir
+    from moaa_cluster.runs.storage import is_uri
+
+    if not spec.path or not is_uri(spec.path):
+        return spec.source, None
+    dest = str(cache_dir(spec.path))
+    return dest, {
+        "callback_class": FETCH_CALLBACK,
+        "callback_kwargs": {"uri": spec.path, "dest": dest},
+    }
+
+
 def llm_config(spec: ModelSpec):
     """Translates a model spec into a Ray Serve ``LLMConfig`` (vLLM engine)."""
     from ray.serve.llm import LLMConfig, ModelLoadingConfig
@@ -56,10 +81,10 @@ def llm_config(spec: ModelSpec):
     # A deployment with its own runtime_env does not get the job's (Serve only copies the
     # working_dir), so the offline settings and the cluster's env are passed here in full.
     env = worker_env()
+    source, callback = model_source(spec)
     return LLMConfig(
-        model_loading_config=ModelLoadingConfig(
-            model_id=spec.engine_name, model_source=spec.source
-        ),
+        model_loading_config=ModelLoadingConfig(model_id=spec.engine_name, model_source=source),
+        **({"callback_config": callback} if callback else {}),
         accelerator_type=spec.accelerator_type,
         placement_group_config={"bundles": bundles(spec)},
         deployment_config={

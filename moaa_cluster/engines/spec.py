@@ -9,6 +9,12 @@ from pathlib import Path
 from moaa_cluster.errors import ConfigError
 
 BACKENDS = ("vllm", "openai")
+
+
+def _is_uri(path: str) -> bool:  # runs.storage.is_uri, without importing pyarrow for it
+    return "://" in path and not path.startswith("file://")
+
+
 SYSTEM_ROLES = ("auto", "native", "fold")
 
 
@@ -18,7 +24,9 @@ class ModelSpec:
 
     Attributes:
         name: Short name used in outputs and as the served model id.
-        path: Local checkpoint directory (preferred; offline).
+        path: Checkpoint directory (preferred; offline): local, or on object storage
+            (``s3://...``), copied to each engine node before it starts
+            (``serve_llm.model_source``).
         hub_id: Hugging Face hub id, used only when ``path`` is unset and the hub is enabled.
         revision: Hub revision pinned for reproducibility.
         backend: ``vllm`` (an engine hosted by Ray Serve LLM) or ``openai`` (an
@@ -107,7 +115,12 @@ class ModelSpec:
         if self.tensor_parallel_size < 1:
             raise ConfigError(f"model {self.name}: tensor_parallel_size must be >= 1")
         self._validate_architecture()
-        if check_files and self.path:
+        if check_files and self.path and _is_uri(self.path):
+            from moaa_cluster.runs.storage import exists, join
+
+            if not exists(join(self.path, "config.json")):  # one request; nothing copied
+                raise ConfigError(f"model {self.name}: no checkpoint at {self.path}")
+        elif check_files and self.path:
             p = Path(os.path.expanduser(self.path))
             if not (p / "config.json").exists():
                 hint = " (run `moaa models prepare`)" if "models" in str(p) else ""

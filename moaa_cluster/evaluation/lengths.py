@@ -112,7 +112,11 @@ class LengthCheck:
         if spec.path not in self._cache:
             from transformers import AutoTokenizer
 
-            self._cache[spec.path] = AutoTokenizer.from_pretrained(spec.path)
+            from moaa_cluster.runs.model_cache import local_files  # a URI: its tokenizer
+
+            self._cache[spec.path] = AutoTokenizer.from_pretrained(
+                local_files(spec.path) or spec.path
+            )
         return self._cache[spec.path]
 
     def _judge_overheads(self, judge: JudgeSpec) -> dict[str, int]:

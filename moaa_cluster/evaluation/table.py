@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from moaa_cluster.evaluation.protocol_summary import headline
+from moaa_cluster.runs import storage
 from moaa_cluster.runs.files import read_json, save_json
 
 ORDER = ("alpaca_eval2", "arena_hard", "mt_bench", "pairwise")
@@ -95,15 +96,16 @@ def _unit(table: dict, column: str) -> str:
     return ""
 
 
-def write_table(directory: Path, run_dirs: list[Path]) -> Path | None:
+def write_table(directory: Path | str, run_dirs: list[Path | str]) -> Path | str | None:
     """``table.md`` and ``table.json`` in ``directory`` from the evaluation runs among
-    ``run_dirs`` (those with a ``summary.json``); None when there is none."""
-    summaries = [s for d in run_dirs if (s := read_json(Path(d) / "summary.json"))]
+    ``run_dirs`` (those with a ``summary.json``); None when there is none. Each may be a local
+    path or an object-store URI (``runs.storage``)."""
+    summaries = [s for d in run_dirs if (s := read_json(storage.join(d, "summary.json")))]
     summaries = [s for s in summaries if "model" in s and ("protocol" in s or "win_rate" in s)]
     if not summaries:
         return None
     table = build_table(summaries)
-    save_json(Path(directory) / "table.json", table)
-    path = Path(directory) / "table.md"
-    path.write_text(format_table(table) + "\n", encoding="utf-8")
+    save_json(storage.join(directory, "table.json"), table)
+    path = storage.join(directory, "table.md")
+    storage.write_bytes(path, (format_table(table) + "\n").encode("utf-8"))
     return path

@@ -112,8 +112,10 @@ def local_tokenizer_path(spec) -> str | None:
     """The spec's local checkpoint directory, when there is one to load a tokenizer from."""
     if not spec.path:
         return None
-    path = Path(os.path.expanduser(spec.path))
-    return str(path) if path.is_dir() else None
+    from moaa_cluster.runs.model_cache import local_files  # a URI: its config + tokenizer
+
+    local = local_files(spec.path)
+    return local if local is not None and Path(local).is_dir() else None
 
 
 def load_fitters(specs: dict) -> dict[str, ContextFitter]:

@@ -115,6 +115,17 @@ def _copy_export(checkpoint, run_dir: Path | str) -> dict:
         return json.loads(fh.read())
 
 
+def _checked_base_model(settings: TrainSettings) -> TrainSettings:
+    """``settings`` with its base model checked to be an HF checkpoint directory and, when
+    local, made absolute (Ray Train workers do not run in the driver's working directory);
+    one on object storage is copied by each worker (``runs.model_cache``)."""
+    if not storage.exists(storage.join(settings.base_model, "config.json")):
+        raise ConfigError(f"base model {settings.base_model} is not an HF checkpoint directory")
+    if storage.is_uri(settings.base_model):
+        return settings
+    return replace(settings, base_model=str(Path(settings.base_model).resolve()))
+
+
 def fit(
     kind: str,
     data_path: str | Path,
@@ -137,10 +148,7 @@ def fit(
     done = _finished_run(kind, run_dir, opts.overwrite)
     if done is not None:
         return done
-    if not (Path(settings.base_model) / "config.json").exists():
-        raise ConfigError(f"base model {settings.base_model} is not an HF checkpoint directory")
-    # absolute: the Ray Train workers do not run in the driver's working directory
-    settings = replace(settings, base_model=str(Path(settings.base_model).resolve()))
+    settings = _checked_base_model(settings)
     check_writable(run_dir)
     settings, n_rows, n_rejected = _prepare_data(kind, data_path, settings, run_dir, opts.limit)
     check_recipe(kind, settings, scaling)

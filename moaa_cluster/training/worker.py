@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from moaa_cluster.runs import storage
@@ -203,6 +204,10 @@ def run(config: dict, make_config, trainer_cls) -> None:
     import torch
 
     settings = TrainSettings(**config)
+    if storage.is_uri(settings.base_model):  # a node-local copy (e.g. the pipeline's SFT model)
+        from moaa_cluster.runs.model_cache import fetch_checkpoint
+
+        settings = replace(settings, base_model=str(fetch_checkpoint(settings.base_model)))
     ctx = ray.train.get_context()
     with fresh_dir(scratch_dir(settings, ctx.get_world_rank())) as scratch:
         resume, resumed_from, finished = resume_point(scratch)

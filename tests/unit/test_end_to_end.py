@@ -122,3 +122,37 @@ def test_row_worker_records_a_failed_row_and_keeps_the_batch_going():
     assert rows["a"]["value"] == 4 and rows["a"]["error"] is None
     assert rows["b"]["value"] is None and rows["b"]["error"] == "ValueError: negative input"
     assert all(r["retries"] == 0 and r["finished_at"] > 0 for r in rows.values())
+
+
+def test_a_pipeline_on_object_storage_keeps_every_stage_and_checkpoint_there(compose, s3):
+    """Stage directories, trained checkpoints, overwrite and ``from_stage`` on a URI run
+    directory (moto); no stage runs."""
+    from moaa_cluster.end_to_end import EVAL_SFT, StageRun
+    from moaa_cluster.pipeline.prefs import SAMPLER
+    from moaa_cluster.runs import storage
+    from moaa_cluster.runs.options import RunOptions
+
+    parts = build.pipeline(compose("pipeline", ["models_dir=/m"]))
+    run_dir = s3.uri("pipelines", "p1")
+    run = StageRun(parts, RunOptions(run_dir=run_dir), STAGES)
+    assert run.dir("sft") == f"{run_dir}/sft"
+    assert run.sft_spec.path == f"{run_dir}/sft/model" == run.prefs_specs[SAMPLER].path
+    assert run.final.path == f"{run_dir}/dpo/model" == run.eval_specs["model"].path
+    for stage in (*STAGES, EVAL_SFT):
+        task = stage if stage in ("synth", "prefs", "eval", EVAL_SFT) else f"train-{stage}"
+        body = {"task": task, "status": "complete"}
+        storage.write_bytes(f"{run_dir}/{stage}/manifest.json", json.dumps(body).encode())
+    storage.write_bytes(f"{run_dir}/sft/model/config.json", b"{}")
+    assert is_complete("sft", run.dir("sft")) and not is_complete("dpo", run.dir("dpo"))
+    run.prepare("dpo")  # dpo and every stage after it are redone
+    left = [s for s in (*STAGES, EVAL_SFT) if s3.exists(f"{run_dir}/{s}/manifest.json")]
+    assert left == ["synth", "sft", "prefs"]
+    assert not s3.exists(f"{run_dir}/.write-test")  # checked writable, probe removed
+    StageRun(parts, RunOptions(run_dir=run_dir, overwrite=True), STAGES).prepare(None)
+    assert storage.walk_files(run_dir) == []
+
+
+def test_the_pipeline_task_takes_a_uri_run_directory():
+    from moaa_cluster.cli.tasks import URI_TASKS
+
+    assert "pipeline" in URI_TASKS

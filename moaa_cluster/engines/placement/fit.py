@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -264,7 +263,12 @@ def fill_from_checkpoint(spec: ModelSpec) -> ModelSpec:
     """
     if not spec.path:
         return spec
-    root = Path(os.path.expanduser(spec.path))
+    from moaa_cluster.runs.model_cache import local_files  # a URI: its config, no weights
+
+    local = local_files(spec.path)
+    if local is None:
+        return spec
+    root = Path(local)
     try:
         cfg = json.loads((root / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
