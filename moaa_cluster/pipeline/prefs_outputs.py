@@ -12,8 +12,14 @@ import pyarrow as pa
 from moaa_cluster.judge.judge import COUNT_FIELDS
 from moaa_cluster.pipeline.frame import MESSAGE, shard_schema
 from moaa_cluster.runs import storage
-from moaa_cluster.runs.datasets import REJECTS_DIR, concat_rejects, remove_outputs, write_dataset
-from moaa_cluster.runs.shards import finished_among, shard_dataset, shard_dir
+from moaa_cluster.runs.datasets import (
+    REJECTS_DIR,
+    concat_rejects,
+    remove_outputs,
+    sorted_by_source_id,
+    write_dataset,
+)
+from moaa_cluster.runs.shards import finished_among, last_failures, shard_dataset, shard_dir
 from moaa_cluster.runs.storage import join
 
 SHARD_SCHEMA = shard_schema(
@@ -80,7 +86,6 @@ PREFS_FILE = "prefs.parquet"  # the same rows in one file (what train-dpo reads 
 CANDIDATES_DIR = "candidates"
 CANDIDATES_FILE = "candidates.parquet"
 SKIPS_PART = "4-prefs-skips"  # the summary tasks' reject parts (after the input's 1-3)
-ROWS_PER_FILE = 20_000
 
 
 def write_outputs(run_dir: Path | str, sample_only: bool = False) -> dict:
@@ -115,7 +120,8 @@ def write_outputs(run_dir: Path | str, sample_only: bool = False) -> dict:
         counts = merge_counts([json.loads(b["counts"]) for b in blocks])
         failed = [r for b in blocks for r in json.loads(b["failed"])]
         failures = _failures(failed, finished_among(shards, {r["id"] for r in failed}))
-        rows = _sorted_rows(shards, kept, columns, counts)
+        n = counts["candidate_sets"] if sample_only else counts["pairs"]
+        rows = _rows_of(shards, kept, schema, n)
     if not sample_only:
         remove_outputs(
             storage.join(run_dir, CANDIDATES_DIR), storage.join(run_dir, CANDIDATES_FILE)
@@ -178,27 +184,16 @@ def merge_counts(parts: list[dict]) -> dict:
     return out
 
 
-def _sorted_rows(shards, status: str, columns: list[str], counts: dict):
-    """The finished rows of ``status`` with ``columns``, sorted by source and id, in blocks
-    of about :data:`ROWS_PER_FILE` rows (one file each)."""
+def _rows_of(shards, status: str, schema: pa.Schema, n_rows: int):
+    """The ``n_rows`` finished rows of ``status`` with ``schema``'s columns, sorted by source
+    and id (``runs.datasets.sorted_by_source_id``)."""
     import pyarrow.compute as pc
-
-    n = counts["pairs"] if status == "ok" else counts["candidate_sets"]
-    schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
 
     def pick(b: pa.Table) -> pa.Table:
         keep = pc.and_(pc.is_null(b["error"]), pc.equal(b["status"], status))
-        return b.filter(keep).select(columns).cast(schema)
+        return b.filter(keep).select(schema.names).cast(schema)
 
-    files = max(1, -(-n // ROWS_PER_FILE))
-    rows = shards.map_batches(pick, batch_format="pyarrow").repartition(files)
-    if files == 1:  # one block: sorting it is the global sort, in one task
-        return rows.map_batches(_sort_block, batch_size=None, batch_format="pyarrow")
-    return rows.sort(["source", "id"])
-
-
-def _sort_block(block: pa.Table) -> pa.Table:
-    return block.sort_by([("source", "ascending"), ("id", "ascending")])
+    return sorted_by_source_id(shards.map_batches(pick, batch_format="pyarrow"), n_rows)
 
 
 def _skips(done: list[dict]) -> list[dict]:
@@ -223,11 +218,6 @@ def _skips(done: list[dict]) -> list[dict]:
 
 def _failures(failed: list[dict], done: set[str]) -> list[dict]:
     """The reject records of rows that failed and never finished (the last failure each)."""
-    last = {
-        r["id"]: r
-        for r in sorted(failed, key=lambda r: r["finished_at"] or 0.0)
-        if r["id"] not in done
-    }
     return [
         {
             "source": r["source"],
@@ -237,7 +227,7 @@ def _failures(failed: list[dict], done: set[str]) -> list[dict]:
             "record": {"prompt": r["prompt"]},
             "retried": bool(r.get("retries")),  # counted, then dropped from the record
         }
-        for r in last.values()
+        for r in last_failures(failed, done)
     ]
 
 

@@ -26,7 +26,13 @@ from moaa_cluster.pipeline.synth_counts import (  # noqa: F401  (re-exported)
     truncated_flags,
 )
 from moaa_cluster.runs import storage
-from moaa_cluster.runs.datasets import concat_rejects, remove_outputs, write_dataset
+from moaa_cluster.runs.datasets import (
+    concat_rejects,
+    remove_outputs,
+    sorted_by_source_id,
+    write_dataset,
+)
+from moaa_cluster.runs.shards import finished_among, last_failures, shard_dataset, shard_dir
 
 CALL = pa.struct(
     [
@@ -86,11 +92,6 @@ def finished_block(batch: pa.Table, final_layer: int) -> pa.Table:
 
 def _failures(failed: list[dict], done: set[str]) -> list[dict]:
     """The reject records of rows that failed and never finished (the last failure each)."""
-    last = {
-        r["id"]: r
-        for r in sorted(failed, key=lambda r: r["finished_at"] or 0.0)
-        if r["id"] not in done
-    }
     return [
         {
             "source": r["source"],
@@ -100,7 +101,7 @@ def _failures(failed: list[dict], done: set[str]) -> list[dict]:
             "record": {"turns": r["turns"], "system": r["system"]},
             "retried": bool(r.get("retries")),  # counted, then dropped from the record
         }
-        for r in last.values()
+        for r in last_failures(failed, done)
     ]
 
 
@@ -129,31 +130,17 @@ def _summarize(shards, final_layer: int, excluded: bool) -> tuple[dict, list[dic
     return counts, [r for b in blocks for r in json.loads(b["failed"])]
 
 
-ROWS_PER_FILE = 20_000  # rows per file of sft/: the sort's and the writers' parallelism
-
-
-def _sorted(block: pa.Table) -> pa.Table:
-    return block.sort_by([("source", "ascending"), ("id", "ascending")])
-
-
 def _write_sft(
     shards, run_dir, counts: dict, final_layer: int, split_cut: bool, single_file: bool
 ) -> None:
     """The finished rows as ``sft/`` (and, ``split_cut``, the cut-off ones as
-    ``sft_truncated/``), sorted by source and id, about :data:`ROWS_PER_FILE` rows a file."""
-    files = max(1, -(-counts["rows_ok"] // ROWS_PER_FILE))
-    sft = (
-        shards.map_batches(
-            finished_block, fn_kwargs={"final_layer": final_layer}, batch_format="pyarrow"
-        )
-        # few, large blocks: a sort's tasks grow with its blocks (a 4-row shard is a block)
-        .repartition(files)
+    ``sft_truncated/``), sorted by source and id (``runs.datasets.sorted_by_source_id``)."""
+    finished = shards.map_batches(
+        finished_block, fn_kwargs={"final_layer": final_layer}, batch_format="pyarrow"
     )
-    if files == 1:  # one block: sorting it is the global sort, in one task
-        sft = sft.map_batches(_sorted, batch_size=None, batch_format="pyarrow")
-    else:
-        sft = sft.sort(["source", "id"])
-    sft = sft.materialize()  # in the object store, for the writes below
+    sft = sorted_by_source_id(
+        finished, counts["rows_ok"]
+    ).materialize()  # in the object store, for the writes below
     _write(_where(sft, False) if split_cut else sft, run_dir, SFT_DIR, SFT_FILE, single_file)
     if split_cut:
         _write(_where(sft, True), run_dir, TRUNCATED_DIR, TRUNCATED_FILE, single_file)
@@ -192,8 +179,6 @@ def write_outputs(
     time. ``rejects.jsonl``: the input rejects the read tasks wrote, then the rows that failed
     in inference.
     """
-    from moaa_cluster.runs.shards import finished_among, shard_dataset, shard_dir
-
     check_truncated_policy(truncated)
     run_dir = storage.run_path(run_dir)
     files = [str(f) for f in storage.list_files(shard_dir(run_dir), ".parquet")]

@@ -22,12 +22,28 @@ from moaa_cluster.runs.files import jsonl_line
 from moaa_cluster.runs.task_run import REJECTS
 
 REJECTS_DIR = "rejects"  # the reject parts read tasks and checks write, one JSONL file each
+ROWS_PER_FILE = 20_000  # rows per file of an output dataset: the sort's and writers' parallelism
 
 
 def remove_outputs(*paths: Path | str) -> None:
     """Removes output files or directories (a rerun leaves nothing stale behind)."""
     for p in paths:
         storage.remove(p)
+
+
+def _sort_block(block: pa.Table) -> pa.Table:
+    return block.sort_by([("source", "ascending"), ("id", "ascending")])
+
+
+def sorted_by_source_id(ds, n_rows: int):
+    """``ds`` (``n_rows`` rows) sorted by source and id, in blocks of about
+    :data:`ROWS_PER_FILE` rows (one output file each)."""
+    files = max(1, -(-n_rows // ROWS_PER_FILE))
+    # few, large blocks: a sort's tasks grow with its blocks (a 4-row shard is a block)
+    ds = ds.repartition(files)
+    if files == 1:  # one block: sorting it is the global sort, in one task
+        return ds.map_batches(_sort_block, batch_size=None, batch_format="pyarrow")
+    return ds.sort(["source", "id"])
 
 
 def data_files(directory: Path | str) -> list[Path | str]:

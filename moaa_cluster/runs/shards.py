@@ -102,6 +102,17 @@ def finished_among(shards, ids: set[str]) -> set[str]:
     return {r["id"] for r in shards.map_batches(pick, batch_format="pyarrow").take_all()}
 
 
+def last_failures(failed: list[dict], done: set[str]) -> list[dict]:
+    """Of the failed rows (few), the last failure of each id that never finished (not in
+    ``done``), in the order they failed."""
+    last = {
+        r["id"]: r
+        for r in sorted(failed, key=lambda r: r["finished_at"] or 0.0)
+        if r["id"] not in done
+    }
+    return list(last.values())
+
+
 def consolidate(run_dir: Path | str) -> tuple[list[dict], list[dict]]:
     """One row per id from all shards, a finished row winning over an earlier failure.
 
