@@ -11,10 +11,6 @@ from moaa_cluster.errors import ConfigError
 BACKENDS = ("vllm", "openai")
 
 
-def _is_uri(path: str) -> bool:  # runs.storage.is_uri, without importing pyarrow for it
-    return "://" in path and not path.startswith("file://")
-
-
 SYSTEM_ROLES = ("auto", "native", "fold")
 
 
@@ -115,12 +111,14 @@ class ModelSpec:
         if self.tensor_parallel_size < 1:
             raise ConfigError(f"model {self.name}: tensor_parallel_size must be >= 1")
         self._validate_architecture()
-        if check_files and self.path and _is_uri(self.path):
-            from moaa_cluster.runs.storage import exists, join
+        if not (check_files and self.path):
+            return
+        from moaa_cluster.runs.storage import exists, is_uri, join
 
+        if is_uri(self.path):
             if not exists(join(self.path, "config.json")):  # one request; nothing copied
                 raise ConfigError(f"model {self.name}: no checkpoint at {self.path}")
-        elif check_files and self.path:
+        else:
             p = Path(os.path.expanduser(self.path))
             if not (p / "config.json").exists():
                 hint = " (run `moaa models prepare`)" if "models" in str(p) else ""
