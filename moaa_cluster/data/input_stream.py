@@ -22,7 +22,7 @@ Rows keep their read order as ``_unit``/``_rec`` (unit index, record index in th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -47,6 +47,35 @@ ROW_SCHEMA = pa.schema(
     [*sources.ROW_SCHEMA, ("where", pa.string()), ("_unit", pa.int64()), ("_rec", pa.int64())]
 )
 _ROWS_PER_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """What a read task makes of a kind of record (instructions; judge-eval's labeled pairs).
+
+    Attributes:
+        row: ``(source, where, record) -> row``; raises on a record that cannot be one.
+        reject: ``(source, where, record, exc) -> reject``: the record's reject with its reason.
+        duplicate: ``(row, first_where) -> reject``: a later occurrence of an id.
+        schema: The rows' columns, ``where``, ``_unit`` and ``_rec`` included.
+    """
+
+    row: Callable[[str, str, object], dict]
+    reject: Callable[[str, str, object, BaseException], dict]
+    duplicate: Callable[[dict, str], dict]
+    schema: pa.Schema
+
+
+def _duplicate_instruction(row: dict, first: str) -> dict:
+    return input_reject(
+        row["source"],
+        row["where"],
+        {"turns": row["turns"], "system": row["system"]},
+        Reject(f"duplicate of {first} (same source and content)"),
+    )
+
+
+INSTRUCTIONS = RecordKind(record_row, input_reject, _duplicate_instruction, ROW_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -78,16 +107,18 @@ def unit_records(unit: Unit) -> Iterator[tuple[str, object]]:
     return file_records(unit.path, unit.split)
 
 
-def unit_rows(unit: Unit, picks: list[int] | None) -> Iterator[tuple[dict | None, dict | None]]:
+def unit_rows(
+    unit: Unit, picks: list[int] | None, kind: RecordKind = INSTRUCTIONS
+) -> Iterator[tuple[dict | None, dict | None]]:
     """``(row, None)`` or ``(None, reject)`` for each picked record of ``unit`` (None: all)."""
     wanted = None if picks is None else set(picks)
     for i, (where, rec) in enumerate(unit_records(unit)):
         if wanted is not None and i not in wanted:
             continue
         try:
-            row = record_row(unit.source, where, rec)
+            row = kind.row(unit.source, where, rec)
         except Exception as exc:  # a record can fail only itself
-            yield None, input_reject(unit.source, where, rec, exc)
+            yield None, kind.reject(unit.source, where, rec, exc)
             continue
         yield {**row, "where": where, "_unit": unit.index, "_rec": i}, None
 
@@ -100,22 +131,25 @@ def write_rejects_part(rejects_dir: str, name: str, records: list[dict]) -> None
     storage.write_bytes(storage.join(storage.run_path(rejects_dir), f"{name}.jsonl"), data)
 
 
-def read_units(batch: dict, rejects_dir: str, picks: dict) -> Iterator[pa.Table]:
-    """Ray Data read step: each unit of ``batch`` into row tables; its rejects into a part."""
+def read_units(
+    batch: dict, rejects_dir: str, picks: dict, kind: RecordKind = INSTRUCTIONS
+) -> Iterator[pa.Table]:
+    """Ray Data read step: each unit of ``batch`` into row tables of ``kind``; its rejects
+    into a part."""
     for raw in batch["unit"]:
         unit = Unit(**json.loads(raw))
         rows, rejects = [], []
-        for row, reject in unit_rows(unit, picks.get(unit.index)):
+        for row, reject in unit_rows(unit, picks.get(unit.index), kind):
             if reject is not None:
                 rejects.append(reject)
                 continue
             rows.append(row)
             if len(rows) >= _ROWS_PER_BATCH:
-                yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+                yield pa.Table.from_pylist(rows, schema=kind.schema)
                 rows = []
         write_rejects_part(rejects_dir, f"1-input-{unit.index:06d}", rejects)
         if rows:
-            yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+            yield pa.Table.from_pylist(rows, schema=kind.schema)
 
 
 def count_units(batch: dict) -> dict:
@@ -143,7 +177,9 @@ def unit_picks(units: list[Unit], counts: dict[int, int], src: Source) -> dict[i
     return out
 
 
-def first_occurrences(located: list[dict]) -> tuple[list[dict], set[tuple[int, int]]]:
+def first_occurrences(
+    located: list[dict], kind: RecordKind = INSTRUCTIONS
+) -> tuple[list[dict], set[tuple[int, int]]]:
     """From every occurrence of the duplicated ids: the rejects of the later ones (naming the
     first) and their ``(_unit, _rec)`` keys, to drop."""
     by_id: dict[str, list[dict]] = {}
@@ -154,14 +190,7 @@ def first_occurrences(located: list[dict]) -> tuple[list[dict], set[tuple[int, i
         occurrences.sort(key=lambda r: (r["_unit"], r["_rec"]))
         first = occurrences[0]["where"]
         for r in occurrences[1:]:
-            rejects.append(
-                input_reject(
-                    r["source"],
-                    r["where"],
-                    {"turns": r["turns"], "system": r["system"]},
-                    Reject(f"duplicate of {first} (same source and content)"),
-                )
-            )
+            rejects.append(kind.duplicate(r, first))
             drop.add((r["_unit"], r["_rec"]))
     return rejects, drop
 

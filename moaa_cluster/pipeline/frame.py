@@ -152,7 +152,7 @@ def stream_rows(
     pool: PoolSettings,
 ) -> int:
     """:func:`stream_dataset` of a list of row dicts (``input_schema``): small inputs a task
-    built on the driver (eval questions, judge-eval pairs)."""
+    built on the driver (eval questions)."""
     if not rows:
         return 0
     job = StreamJob(worker_cls, worker_kwargs, output_schema, run_dir)

@@ -86,14 +86,14 @@ def _picks(sources: list[Source], units: list[stream.Unit]) -> dict:
     return picks
 
 
-def _read(sources: list[Source], rejects_dir: str):
+def _read(sources: list[Source], rejects_dir: str, kind: stream.RecordKind):
     import ray
 
     units = _units(sources)
     ds = ray.data.from_items(stream.units_json(units), override_num_blocks=len(units)).map_batches(
         stream.read_units,
         batch_size=1,
-        fn_kwargs={"rejects_dir": rejects_dir, "picks": _picks(sources, units)},
+        fn_kwargs={"rejects_dir": rejects_dir, "picks": _picks(sources, units), "kind": kind},
     )
     return ds.materialize()
 
@@ -116,7 +116,7 @@ def _drop_pairs(batch: pa.Table, drop: set) -> pa.Table:
     return batch.filter(pa.array([k not in drop for k in keys], pa.bool_()))
 
 
-def _deduplicated(rows, rejects_dir: str):
+def _deduplicated(rows, rejects_dir: str, kind: stream.RecordKind):
     """``rows`` without the later occurrences of an id; their rejects written."""
     # a few partitions per 100k rows: the shuffle's actors cost more than they save below that
     parts = max(1, min(MAX_SHUFFLE_PARTITIONS, rows.count() // 100_000 + 1))
@@ -133,27 +133,81 @@ def _deduplicated(rows, rejects_dir: str):
     located = rows.map_batches(
         lambda b: b.filter(pc.is_in(b["id"], value_set=wanted)), batch_format="pyarrow"
     ).take_all()
-    rejects, drop = stream.first_occurrences(located)
+    rejects, drop = stream.first_occurrences(located, kind)
     stream.write_rejects_part(rejects_dir, f"2-duplicates-{uuid.uuid4().hex[:8]}", rejects)
     return rows.map_batches(_drop_pairs, fn_kwargs={"drop": drop}, batch_format="pyarrow")
 
 
-_FINISHED: dict = {}
+_ID_SETS: dict = {}
+
+
+def cached_ids(ref) -> pa.Array:
+    """The id array behind the object ref ``ref``, fetched once per worker process (a Ray
+    Data step filters every block it gets against it)."""
+    import ray
+
+    key = ref.hex()
+    if key not in _ID_SETS:
+        if len(_ID_SETS) >= 4:  # a long-lived worker process does not collect old runs' sets
+            _ID_SETS.clear()
+        _ID_SETS[key] = ray.get(ref)
+    return _ID_SETS[key]
+
+
+def id_array_ref(rows):
+    """An object ref to the sorted unique ids of the Ray dataset ``rows``, computed by a Ray
+    task from the blocks' ``id`` columns (the driver holds only refs)."""
+    import ray
+
+    refs = rows.select_columns(["id"]).to_arrow_refs()
+    return ray.remote(num_cpus=0)(_unique_ids).remote(*refs)
+
+
+def _unique_ids(*tables: pa.Table) -> pa.Array:
+    ids = [t["id"].combine_chunks() for t in tables if t.num_rows]
+    if not ids:
+        return pa.array([], pa.string())
+    return pc.unique(pa.concat_arrays(ids)).sort()
 
 
 def unfinished(batch: pa.Table, finished) -> pa.Table:
     """Ray Data step: the rows of ``batch`` whose id is not in ``finished`` (an object ref of
     :func:`~moaa_cluster.runs.shards.finished_id_array`, fetched once per worker process)."""
-    import ray
-
-    key = finished.hex()
-    if key not in _FINISHED:  # one fetch per worker process
-        _FINISHED.clear()
-        _FINISHED[key] = ray.get(finished)
-    done = _FINISHED[key]
+    done = cached_ids(finished)
     if len(done) == 0:
         return batch
     return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=done)))
+
+
+def read_valid(
+    sources: list[Source],
+    run_dir: Path | str,
+    *,
+    limit: int | None = None,
+    check: RowCheck | None = None,
+    kind: stream.RecordKind = stream.INSTRUCTIONS,
+):
+    """Reads ``sources`` as rows of ``kind`` for a run in ``run_dir`` (Ray must be up):
+    validated, checked, without duplicates, the run's ``limit`` applied; the input rejects
+    written under the run's ``rejects/``. Returns the materialized Ray dataset."""
+    rejects_dir = str(storage.join(run_dir, REJECTS_DIR))
+    clear_rejects(run_dir)
+    rows = _deduplicated(_read(sources, rejects_dir, kind), rejects_dir, kind)
+    if limit is not None:  # the first rows in read order, before the task's check (as load_rows)
+        rows = rows.sort(["_unit", "_rec"]).limit(limit)
+    if check is not None:
+        rows = _checked(rows, rejects_dir, check)
+    return rows.materialize()
+
+
+def drop_finished(rows, run_dir: Path | str):
+    """``rows`` (a Ray dataset) without those an earlier run of ``run_dir`` finished: their
+    ids read from the shards' ``id`` column by a Ray task, then a vectorized ``is_in`` per
+    block (:func:`unfinished`)."""
+    import ray
+
+    finished = ray.remote(num_cpus=0)(finished_id_array).remote(str(run_dir))
+    return rows.map_batches(unfinished, fn_kwargs={"finished": finished}, batch_format="pyarrow")
 
 
 def open_instructions(
@@ -164,24 +218,14 @@ def open_instructions(
     check: RowCheck | None = None,
 ) -> Instructions:
     """Plans and runs the read of ``sources`` for a run in ``run_dir`` (Ray must be up)."""
-    import ray
     from ray.data.aggregate import Count, Max, Sum
 
     t0 = time.monotonic()
-    rejects_dir = str(storage.join(run_dir, REJECTS_DIR))
-    clear_rejects(run_dir)
-    rows = _deduplicated(_read(sources, rejects_dir), rejects_dir)
-    if limit is not None:  # the first rows in read order, before the task's check (as load_rows)
-        rows = rows.sort(["_unit", "_rec"]).limit(limit)
-    if check is not None:
-        rows = _checked(rows, rejects_dir, check)
-    rows = rows.materialize()
+    rows = read_valid(sources, run_dir, limit=limit, check=check)
     valid = rows.count()
     read_s = time.monotonic() - t0
     t0 = time.monotonic()
-    finished = ray.remote(num_cpus=0)(finished_id_array).remote(str(run_dir))
-    todo = rows.map_batches(unfinished, fn_kwargs={"finished": finished}, batch_format="pyarrow")
-    todo = todo.add_column(
+    todo = drop_finished(rows, run_dir).add_column(
         "_turns", lambda b: pc.list_value_length(b["turns"]), batch_format="pyarrow"
     )
     agg = todo.aggregate(Count(), Sum("_turns"), Max("_turns")) if valid else {}

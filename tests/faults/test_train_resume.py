@@ -21,7 +21,7 @@ HH = SHARED / "data" / "hh_rlhf" / "harmless-base" / "test.jsonl.gz"
 
 def _hh_preferences(path: Path, n: int) -> Path:
     """Real HH-RLHF pairs in TRL's preference format (conversational prompt, one-turn answers)."""
-    from moaa_cluster.pipeline.judge_eval import to_labeled_pair
+    from moaa_cluster.pipeline.judge_pairs import to_labeled_pair
 
     rows = []
     with gzip.open(HH, "rt", encoding="utf-8") as f:

@@ -672,8 +672,8 @@ def _valid_pair(draw):
 
 @given(jsonl_files(_valid_pair()), st.integers(0, 10))
 def test_load_pairs_fuzz(tmp_path_factory, file, limit):
-    from moaa_cluster.pipeline.judge_eval import INPUT_SCHEMA as PAIR_SCHEMA
-    from moaa_cluster.pipeline.judge_eval import load_pairs
+    from moaa_cluster.pipeline.judge_pairs import INPUT_SCHEMA as PAIR_SCHEMA
+    from moaa_cluster.pipeline.judge_pairs import load_pairs
 
     data, meta = file
     tmp = tmp_path_factory.mktemp("fz")
@@ -799,8 +799,8 @@ def test_regression_truncated_gzip_keeps_what_was_read(tmp_path):
 
 
 def test_regression_judge_pairs_bad_records(tmp_path):
-    from moaa_cluster.pipeline.judge_eval import INPUT_SCHEMA as PAIR_SCHEMA
-    from moaa_cluster.pipeline.judge_eval import load_pairs
+    from moaa_cluster.pipeline.judge_pairs import INPUT_SCHEMA as PAIR_SCHEMA
+    from moaa_cluster.pipeline.judge_pairs import load_pairs
 
     hh = {"chosen": "\n\nHuman: q\n\nAssistant: good", "rejected": "\n\nHuman: q\n\nAssistant: bad"}
     path = tmp_path / "pairs.jsonl"

@@ -23,7 +23,7 @@ from moaa_cluster.evaluation.protocols import arena_hard, mt_bench
 from moaa_cluster.evaluation.settings import Baseline, ProtocolSettings
 from moaa_cluster.pipeline.eval_protocols import attach_mt_bench
 from moaa_cluster.pipeline.evaluate import _read_questions
-from moaa_cluster.pipeline.judge_eval import load_pairs
+from moaa_cluster.pipeline.judge_pairs import load_pairs
 from moaa_cluster.runs import storage
 from tests.conftest import SHARED
 
