@@ -19,6 +19,26 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 STAGES = ("synth", "sft", "prefs", "dpo", "eval")
+PIPELINE = [sys.executable, "-m", "moaa_cluster.cli", "pipeline"]
+# every stage at toy size (also `test_pipeline_object_storage.py`)
+TOY = [
+    "progress=false",
+    "synth.limit=4",
+    "mixture.sampling.max_tokens=64",
+    "synth.truncated=keep",  # at 64 tokens most final answers are cut off: SFT on all 4
+    "train_sft.args.max_steps=3",
+    "prefs.limit=3",
+    "prefs.num_candidates=3",  # round robin: 3 pairs, 6 judged orders per prompt
+    "prefs.sampling.max_tokens=48",
+    "prefs.truncated=allow",  # at 48 tokens nearly every candidate is cut off
+    "judge.sampling.max_tokens=64",
+    "judge.verdict_sampling.max_tokens=96",
+    "train_dpo.args.max_steps=2",
+    "lora@dpo_lora=r16",
+    "eval.limit=3",
+    "eval.sampling.max_tokens=48",
+    "eval.resamples=200",
+]
 
 
 def _tensors(path: Path) -> dict:
@@ -37,29 +57,7 @@ def test_pipeline_end_to_end_then_skips_when_complete(tmp_path: Path, models_dir
     # run from a scratch directory with a relative output root, as a user would: Ray Train
     # workers and engine replicas do not share the driver's cwd
     out_root = tmp_path / "outputs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "moaa_cluster.cli",
-        "pipeline",
-        "output_root=outputs",
-        "progress=false",
-        "synth.limit=4",
-        "mixture.sampling.max_tokens=64",
-        "synth.truncated=keep",  # at 64 tokens most final answers are cut off: SFT on all 4
-        "train_sft.args.max_steps=3",
-        "prefs.limit=3",
-        "prefs.num_candidates=3",  # round robin: 3 pairs, 6 judged orders per prompt
-        "prefs.sampling.max_tokens=48",
-        "prefs.truncated=allow",  # at 48 tokens nearly every candidate is cut off
-        "judge.sampling.max_tokens=64",
-        "judge.verdict_sampling.max_tokens=96",
-        "train_dpo.args.max_steps=2",
-        "lora@dpo_lora=r16",
-        "eval.limit=3",
-        "eval.sampling.max_tokens=48",
-        "eval.resamples=200",
-    ]
+    cmd = [*PIPELINE, "output_root=outputs", *TOY]
     env = {**os.environ, "MOAA_MODELS_DIR": str(models_dir)}
     first = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=2400)
     assert first.returncode == 0, (first.stdout[-3000:], first.stderr[-5000:])
