@@ -2,6 +2,11 @@
 
 A proposer seat served over HTTP (a server the user already runs) mixes with an engine this
 run hosts: same mixture code, different backend.
+
+Marked slow (`make test-slow`, ~3.5 min: a vLLM server and an engine start), out of CI's
+budget: CI runs the `openai` backend itself in `tests/faults/test_object_storage_resume.py`
+(600 rows against the instant stand-in server) and in the unit tests of eval and judge-eval;
+what only this test checks is a real vLLM server's answers (usage counts) through it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
+
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
