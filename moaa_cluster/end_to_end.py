@@ -387,11 +387,15 @@ def _evaluate(parts: PipelineParts, model: ModelSpec, baseline: Baseline, opts: 
     )
 
 
-def _report(run_dir: Path | str, cluster: dict, rehearsal: dict | None = None) -> Path | None:
-    """``report.md`` with plots over every stage; a failure here never fails the pipeline."""
+def _report(run_dir: Path | str, cluster: dict, rehearsal: dict | None = None) -> Path | str | None:
+    """``report.md`` with plots over every stage (a run on object storage: written back next
+    to it); a failure here never fails the pipeline."""
     from moaa_cluster.reporting import write_report
+    from moaa_cluster.reporting.command import report_remote
 
     try:
+        if storage.is_uri(run_dir):
+            return report_remote(str(run_dir), cluster=cluster, rehearsal=rehearsal)
         return write_report(run_dir, cluster=cluster, rehearsal=rehearsal)
     except Exception as exc:  # the stages' outputs stand; say why the report is missing
         log.warning("report not written: %s: %s", type(exc).__name__, exc)

@@ -407,3 +407,19 @@ def test_report_of_a_pipeline_on_object_storage(pipeline_dir, s3, capsys):
     assert plots and all(s3.read(f"s3://{p.path}").startswith(PNG_MAGIC) for p in plots)
     assert main([s3.uri("no-such-run")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_pipeline_writes_its_report_next_to_a_run_on_object_storage(pipeline_dir, s3):
+    """`moaa pipeline output_dir=s3://...` ends with the report written back into the bucket
+    (it once tried a local path, failed and only logged it)."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    from moaa_cluster.end_to_end import _report
+    from moaa_cluster.runs import storage
+
+    uri = s3.uri("reports", uuid.uuid4().hex[:8], "pipeline-run")
+    storage.copy_tree(pafs.LocalFileSystem(), str(pipeline_dir), uri)
+    assert _report(uri, {"num_cpus": 2}) == f"{uri}/report.md"
+    assert s3.read(f"{uri}/report.md").decode().startswith("# Run report: pipeline-run")
