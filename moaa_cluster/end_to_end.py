@@ -388,12 +388,10 @@ def _evaluate(parts: PipelineParts, model: ModelSpec, baseline: Baseline, opts: 
 
 
 def _report(run_dir: Path | str, cluster: dict, rehearsal: dict | None = None) -> Path | str | None:
-    """``report.md`` with plots over every stage (a run on object storage: written back next
-    to it); a failure here never fails the pipeline."""
-    from moaa_cluster.reporting import write_report
-    from moaa_cluster.reporting.command import report_remote
+    """``report.md`` and plots over every stage, next to a run on object storage too."""
+    from moaa_cluster.reporting import report_remote, write_report
 
-    try:
+    try:  # a failure here never fails the pipeline
         if storage.is_uri(run_dir):
             return report_remote(str(run_dir), cluster=cluster, rehearsal=rehearsal)
         return write_report(run_dir, cluster=cluster, rehearsal=rehearsal)

@@ -25,7 +25,7 @@ PNGs, :mod:`.page` writes the page, :mod:`.command` is the ``moaa report`` entry
 from __future__ import annotations
 
 from moaa_cluster.reporting.collect import detect
-from moaa_cluster.reporting.command import main
+from moaa_cluster.reporting.command import main, report_remote
 from moaa_cluster.reporting.page import write_report
 
-__all__ = ["detect", "main", "write_report"]
+__all__ = ["detect", "main", "report_remote", "write_report"]
