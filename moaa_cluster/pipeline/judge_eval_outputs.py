@@ -28,9 +28,10 @@ def judge_counts(rows: list[dict], judges: list[str]) -> dict[str, dict]:
     """Per judge name, sums over finished shard rows: ``pairs``, ``correct`` (both orders
     prefer the labeled chosen answer), ``wrong``, ``ties`` and :func:`judge.summarize`'s
     counts of the comparisons."""
+    results = [json.loads(r["results"]) for r in rows]  # each row's JSON parsed once
     out = {}
     for name in judges:
-        per = [json.loads(r["results"])[name] for r in rows]
+        per = [r[name] for r in results]
         counts = {"pairs": len(per), "correct": 0, "wrong": 0, "ties": 0}
         for p in per:  # any other outcome (a verdict unresolved) is a pair, none of these
             if p["outcome"] in _OUTCOMES:
