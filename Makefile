@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 TORCH_INDEX ?=
 PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: setup models demo test test-unit test-faults test-slow test-e2e test-rehearsal test-cluster lint clean
+.PHONY: setup models demo test test-unit test-faults test-fuzz test-slow test-e2e test-rehearsal test-cluster lint clean
 
 $(VENV)/.installed: pyproject.toml requirements/models.txt scripts/setup.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) PIP_EXTRA="$(PIP_EXTRA)" bash scripts/setup.sh
@@ -28,8 +28,11 @@ test: models                         ## unit + integration tests (real Ray, vLLM
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
 
-test-faults: models                  ## fault injection (kill -9 and resume, real stack) + the long input fuzz
-	HYPOTHESIS_PROFILE=ci-long $(PY) -m pytest tests/faults tests/unit/data/test_records_fuzz.py $(PYTEST_ARGS)
+test-faults: models                  ## fault injection (kill -9 and resume, real stack)
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
+test-fuzz: setup                     ## the input fuzz tests with the long hypothesis profile (~1 min)
+	HYPOTHESIS_PROFILE=ci-long $(PY) -m pytest tests/unit/data/test_records_fuzz.py $(PYTEST_ARGS)
 
 test-e2e: models                     ## `moaa pipeline` end to end at toy size (real stack, ~10 min)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)

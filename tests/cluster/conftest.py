@@ -23,6 +23,9 @@ VENV_BIN = Path(sys.executable).parent
 # a small, fast job: two demo conversations, short answers
 # truncated=keep: at 48 tokens most final answers are cut off; these tests count rows
 SYNTH_ARGS = ["limit=2", "mixture.sampling.max_tokens=48", "truncated=keep"]
+# the launch path is what these tests check: one engine (SmolLM2 proposes and aggregates)
+# starts and answers sooner than the embedded two-model mixture, which the e2e test runs
+ONE_ENGINE_SYNTH_ARGS = ["mixture=embedded_single_proposer", *SYNTH_ARGS]
 
 
 def marked_pids(tag: str) -> list[int]:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.cluster.conftest import (
-    SYNTH_ARGS,
+    ONE_ENGINE_SYNTH_ARGS,
     cmdline_pids,
     marked_pids,
     runtime_env_json,
@@ -116,7 +116,7 @@ def test_ray_job_submit_synth(ray_head, ray_env, tmp_path: Path):
         ray_env,
         "job", "submit", "--address", address, "--submission-id", sid, "--no-wait",
         "--runtime-env-json", runtime_env, "--working-dir", ".",
-        "--", "python", "-m", "ray_jobs.synth", *SYNTH_ARGS,
+        "--", "python", "-m", "ray_jobs.synth", *ONE_ENGINE_SYNTH_ARGS,
     )  # fmt: skip
     assert submit.returncode == 0, submit.stdout + submit.stderr
 
@@ -131,12 +131,12 @@ def test_ray_job_submit_synth(ray_head, ray_env, tmp_path: Path):
 
     # the job's own summary, streamed by Ray from the driver
     assert "rows: 2 ok" in logs, logs[-3000:]
-    run_dir = tmp_path / "outputs" / "synth-embedded-embedded_demo"
+    run_dir = tmp_path / "outputs" / "synth-embedded_single_proposer-embedded_demo"
     rows = pq.read_table(run_dir / "sft.parquet").to_pylist()
     assert len(rows) == 2 and len({r["id"] for r in rows}) == 2
     for row in rows:
         assert row["messages"][-1]["role"] == "assistant" and row["messages"][-1]["content"]
-        assert {c["model"] for c in row["calls"]} == {"smollm2-135m-instruct", "gemma-3-270m"}
+        assert {c["model"] for c in row["calls"]} == {"smollm2-135m-instruct"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["counts"]["rows_ok"] == 2
     # the job ran in the uploaded copy, yet read the models and wrote where we said

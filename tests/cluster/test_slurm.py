@@ -11,10 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.cluster.conftest import SYNTH_ARGS, cmdline_pids, marked_pids, wait_until
+from tests.cluster.conftest import ONE_ENGINE_SYNTH_ARGS, cmdline_pids, marked_pids, wait_until
 from tests.conftest import REPO
-
-SLURM_SYNTH_ARGS = ["mixture=embedded_single_proposer", *SYNTH_ARGS]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("sbatch") is None,
@@ -73,9 +71,7 @@ def _assert_nothing_left(job_id: str) -> None:
 
 
 def test_sbatch_embedded_synth(ray_env, tmp_path: Path):
-    # the launch path is what is tested: one engine (SmolLM2 proposes and aggregates) starts
-    # and answers sooner than the two-model mixture, which `ray job submit` already runs
-    job_id = _sbatch(ray_env, tmp_path, "synth", *SLURM_SYNTH_ARGS)
+    job_id = _sbatch(ray_env, tmp_path, "synth", *ONE_ENGINE_SYNTH_ARGS)
     state, code = _wait_done(job_id, timeout=900)
     log = (tmp_path / f"slurm-{job_id}.out").read_text()
     assert (state, code) == ("COMPLETED", "0:0"), log[-5000:]
@@ -86,7 +82,7 @@ def test_sbatch_embedded_synth(ray_env, tmp_path: Path):
         f"temp dir /tmp/ray_{job_id},",
         "Active:",
         f"ray job submit moaa-synth-{job_id}: python -m ray_jobs.synth "
-        + " ".join(SLURM_SYNTH_ARGS),
+        + " ".join(ONE_ENGINE_SYNTH_ARGS),
         "rows: 2 ok",
         f"Job 'moaa-synth-{job_id}' succeeded",
         "Ray job ended with exit 0",

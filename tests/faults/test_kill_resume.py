@@ -9,6 +9,9 @@ A `kill -9` of the driver and the rerun that resumes are the other fault tests' 
 full engine start on these 2 cores): `test_kill_resume_prefs.py` with real engines (orphaned
 engine processes exit on their own; finished rows kept as they were), and
 `test_object_storage_resume.py` for synth's streaming path (every row exactly once).
+
+`make test-slow`, not CI (~500 s here: two engine starts and a replica replaced); the retry and
+engine-state logic it exercises has unit tests (`tests/unit/engines/test_faults.py`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.faults.realstack import engine_core, moaa_cmd, orphaned_engines, start, wait_for_shards
+
+pytestmark = pytest.mark.slow
 
 LIMIT = 24
 MODEL = "gemma-3-270m"  # a proposer only
