@@ -12,9 +12,11 @@ unit-sized or duplicate-sized, never row-sized:
 
 * a source's ``limit`` picks from per-unit record counts (a counting pass, only for
   sources with a limit), the same picks :func:`~moaa_cluster.data.sources.picked` makes;
-* duplicates are found with a Ray Data ``groupby("id").count()``; only the duplicated ids'
+* duplicates are counted by one Ray task over the ``id`` column (a Ray Data
+  ``groupby("id").count()`` beyond 1M rows); only the duplicated ids'
   locations come back, to name the first occurrence in each reject;
-* a run ``limit`` keeps the first rows in read order (a distributed sort, then a limit).
+* a run ``limit`` keeps the first rows in read order (a Ray task finds the last key kept, or a
+  distributed sort beyond 1M rows).
 
 Rows keep their read order as ``_unit``/``_rec`` (unit index, record index in the unit).
 """

@@ -2,7 +2,8 @@
 
 read units -> validate (read tasks write their rejects) -> a task's own row check (an actor
 pool, e.g. synth's context-length floor; it writes its rejects) -> materialized in the object
-store -> duplicates dropped (``groupby("id").count()``) -> the run's ``limit`` -> the rows an
+store -> duplicates dropped (counted by one Ray task over the ``id`` column up to 1M rows,
+by ``groupby("id").count()`` beyond) -> the run's ``limit`` -> the rows an
 earlier run of the directory finished dropped (their ids read from the shards' ``id`` column
 by a Ray task, then a vectorized ``is_in`` in each block). The driver holds dataset handles and
 counts; the per-row work and the files are the workers'. See :mod:`moaa_cluster.data.input_stream`.
@@ -25,6 +26,9 @@ from moaa_cluster.runs.datasets import REJECTS_DIR
 from moaa_cluster.runs.shards import finished_id_array
 
 MAX_SHUFFLE_PARTITIONS = 64
+# up to this many rows, duplicates are counted and a run limit found by one Ray task over the
+# id or read-order columns (~60 MB of ids at 1M rows); beyond, by a distributed groupby / sort
+SMALL_INPUT_ROWS = 1_000_000
 
 
 @dataclass
@@ -116,17 +120,39 @@ def _drop_pairs(batch: pa.Table, drop: set) -> pa.Table:
     return batch.filter(pa.array([k not in drop for k in keys], pa.bool_()))
 
 
-def _deduplicated(rows, rejects_dir: str, kind: stream.RecordKind):
-    """``rows`` without the later occurrences of an id; their rejects written."""
-    # a few partitions per 100k rows: the shuffle's actors cost more than they save below that
-    parts = max(1, min(MAX_SHUFFLE_PARTITIONS, rows.count() // 100_000 + 1))
+def _repeated_ids(*tables: pa.Table) -> list[str]:
+    """The ids that occur more than once in the ``id`` columns of ``tables`` (a Ray task)."""
+    ids = [t["id"].combine_chunks() for t in tables if t.num_rows]
+    if not ids:
+        return []
+    counts = pc.value_counts(pa.concat_arrays(ids))
+    return counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
+
+
+def _duplicate_ids(rows) -> list[str]:
+    """The ids of ``rows`` (a materialized Ray dataset) that occur more than once: one Ray task
+    over the ``id`` column up to :data:`SMALL_INPUT_ROWS` rows (a shuffle's actors cost seconds
+    here), a distributed ``groupby("id").count()`` beyond."""
+    import ray
+
+    n = rows.count()
+    if n <= SMALL_INPUT_ROWS:
+        refs = rows.select_columns(["id"]).to_arrow_refs()
+        return ray.get(ray.remote(num_cpus=0)(_repeated_ids).remote(*refs))
+    # a few partitions per 100k rows
+    parts = max(1, min(MAX_SHUFFLE_PARTITIONS, n // 100_000 + 1))
     counted = rows.select_columns(["id"]).groupby("id", num_partitions=parts).count()
-    dup_ids = [
+    return [
         r["id"]
         for r in counted.map_batches(
             lambda b: b.filter(pc.greater(b["count()"], 1)), batch_format="pyarrow"
         ).take_all()
     ]
+
+
+def _deduplicated(rows, rejects_dir: str, kind: stream.RecordKind):
+    """``rows`` without the later occurrences of an id; their rejects written."""
+    dup_ids = _duplicate_ids(rows)
     if not dup_ids:
         return rows
     wanted = pa.array(dup_ids, pa.string())
@@ -136,6 +162,41 @@ def _deduplicated(rows, rejects_dir: str, kind: stream.RecordKind):
     rejects, drop = stream.first_occurrences(located, kind)
     stream.write_rejects_part(rejects_dir, f"2-duplicates-{uuid.uuid4().hex[:8]}", rejects)
     return rows.map_batches(_drop_pairs, fn_kwargs={"drop": drop}, batch_format="pyarrow")
+
+
+def _read_keys(batch: pa.Table) -> pa.Array:
+    """Each row's place in read order as one int64 (unit index, record index in the unit)."""
+    unit = pc.cast(batch["_unit"].combine_chunks(), pa.int64())
+    return pc.add(pc.multiply(unit, 2**32), pc.cast(batch["_rec"].combine_chunks(), pa.int64()))
+
+
+def _last_key_kept(limit: int, *tables: pa.Table) -> int:
+    """The read-order key of the ``limit``-th row of ``tables`` (a Ray task)."""
+    import numpy as np
+
+    keys = [_read_keys(t).to_numpy() for t in tables if t.num_rows]
+    if not keys:
+        return -1
+    allk = np.concatenate(keys)
+    k = min(limit, len(allk)) - 1
+    return int(np.partition(allk, k)[k]) if k >= 0 else -1
+
+
+def _up_to_key(batch: pa.Table, last: int) -> pa.Table:
+    return batch.filter(pc.less_equal(_read_keys(batch), last))
+
+
+def _first_rows(rows, limit: int):
+    """The first ``limit`` rows of ``rows`` in read order: up to :data:`SMALL_INPUT_ROWS`,
+    a Ray task finds the last key kept and each block is filtered against it; beyond, a
+    distributed sort then a limit."""
+    import ray
+
+    if rows.count() > SMALL_INPUT_ROWS:
+        return rows.sort(["_unit", "_rec"]).limit(limit)
+    refs = rows.select_columns(["_unit", "_rec"]).to_arrow_refs()
+    last = ray.get(ray.remote(num_cpus=0)(_last_key_kept).remote(limit, *refs))
+    return rows.map_batches(_up_to_key, fn_kwargs={"last": last}, batch_format="pyarrow")
 
 
 _ID_SETS: dict = {}
@@ -194,7 +255,7 @@ def read_valid(
     clear_rejects(run_dir)
     rows = _deduplicated(_read(sources, rejects_dir, kind), rejects_dir, kind)
     if limit is not None:  # the first rows in read order, before the task's check (as load_rows)
-        rows = rows.sort(["_unit", "_rec"]).limit(limit)
+        rows = _first_rows(rows, limit)
     if check is not None:
         rows = _checked(rows, rejects_dir, check)
     return rows.materialize()

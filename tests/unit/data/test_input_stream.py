@@ -1,15 +1,17 @@
 """Instructions read as a Ray Data stream (``data.input_stream`` + ``pipeline.instructions``):
 the same rows and rejects as the driver-side reader, rejects written by the read tasks,
-duplicates found by a groupby, limits and resume applied without rows on the driver."""
+duplicates counted by a Ray task or a groupby, limits and resume applied without rows on the driver."""
 
 from __future__ import annotations
 
 import json
 
 import pyarrow as pa
+import pytest
 
 from moaa_cluster.data import input_stream as stream
 from moaa_cluster.data.sources import Source, load_rows
+from moaa_cluster.pipeline import instructions
 from moaa_cluster.runs.datasets import concat_rejects
 from moaa_cluster.runs.files import read_jsonl
 
@@ -107,7 +109,10 @@ def _stream(tmp_path, sources, limit=None):
     )
 
 
-def test_streamed_read_matches_the_driver_read(tmp_path, ray_local):
+@pytest.mark.parametrize("small_input_rows", [1_000_000, 0], ids=["one-task", "groupby"])
+def test_streamed_read_matches_the_driver_read(tmp_path, ray_local, monkeypatch, small_input_rows):
+    # duplicates counted by one Ray task (small inputs) and by the distributed groupby (large)
+    monkeypatch.setattr(instructions, "SMALL_INPUT_ROWS", small_input_rows)
     d = _messy_dir(tmp_path)
     sources = [
         Source("s", path=str(d)),
@@ -128,7 +133,11 @@ def test_streamed_read_matches_the_driver_read(tmp_path, ray_local):
     assert {r["stage"] for r in rejects} == {"input"}
 
 
-def test_run_limit_keeps_the_first_rows_in_read_order(tmp_path, ray_local):
+@pytest.mark.parametrize("small_input_rows", [1_000_000, 0], ids=["one-task", "sort"])
+def test_run_limit_keeps_the_first_rows_in_read_order(
+    tmp_path, ray_local, monkeypatch, small_input_rows
+):
+    monkeypatch.setattr(instructions, "SMALL_INPUT_ROWS", small_input_rows)
     d = _messy_dir(tmp_path)
     sources = [Source("s", path=str(d))]
     want_rows, _ = load_rows(sources, limit=4)
