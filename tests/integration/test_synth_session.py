@@ -84,22 +84,27 @@ def test_resume_redoes_only_missing_rows(mt_bench_run, run_synth):
             assert r["calls"] == before[r["id"]]["calls"]
 
 
-def test_layer_by_layer_matches_the_resident_run_and_resumes_by_pass(
-    mt_bench_run, run_synth, tmp_path
-):
+LAYERED = [
+    "dataset=mt_bench",
+    f"dataset.sources.mt_bench.path={MT_BENCH}",
+    "limit=3",
+    "record_prompts=true",
+    "mixture.sampling.max_tokens=48",
+    "truncated=keep",
+    "execution=layered",
+]
+
+
+@pytest.fixture(scope="module")
+def layered_run(run_synth, tmp_path_factory) -> tuple[Path, dict]:
     """``execution=layered``: engines swapped per (turn, layer), parquet between passes."""
+    run_dir = tmp_path_factory.mktemp("layered")
+    return run_dir, run_synth(run_dir, LAYERED)
+
+
+def test_layer_by_layer_matches_the_resident_run(mt_bench_run, layered_run):
     resident_dir, resident = mt_bench_run
-    run_dir = tmp_path / "layered"
-    overrides = [
-        "dataset=mt_bench",
-        f"dataset.sources.mt_bench.path={MT_BENCH}",
-        "limit=3",
-        "record_prompts=true",
-        "mixture.sampling.max_tokens=48",
-        "truncated=keep",
-        "execution=layered",
-    ]
-    first = run_synth(run_dir, overrides)
+    run_dir, first = layered_run
     assert first["counts"]["rows_ok"] == 3 and first["counts"]["rows_failed"] == 0
     # 2 turns x (proposers, aggregator); the proposer layer's two models fit together here
     assert len(first["execution"]) == 4
@@ -124,12 +129,17 @@ def test_layer_by_layer_matches_the_resident_run_and_resumes_by_pass(
         for c in row["calls"][3:5]:
             assert c["text"] in agg2[0]["content"]
 
+
+@pytest.mark.slow  # one more engine start; the pass-resume logic has a unit test on Ray Data
+def test_layer_by_layer_run_killed_in_its_last_pass_redoes_only_that_pass(layered_run, run_synth):
+    run_dir, _ = layered_run
+    rows = {r["id"]: r for r in pq.read_table(run_dir / "sft.parquet").to_pylist()}
     # killed during the last pass: the earlier passes are kept, only the last one is redone
     for f in (run_dir / "shards").glob("*.parquet"):
         f.unlink()
     kept = sorted((run_dir / "passes" / "t1-l1-s0" / "shards").glob("*.parquet"))
     kept[0].unlink()
-    again = run_synth(run_dir, overrides)
+    again = run_synth(run_dir, LAYERED)
     assert again["counts"]["rows_ok"] == 3
     after = {r["id"]: r for r in pq.read_table(run_dir / "sft.parquet").to_pylist()}
     assert sorted(after) == sorted(rows)
