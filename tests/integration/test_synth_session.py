@@ -11,6 +11,19 @@ import pytest
 from tests.conftest import SHARED
 
 MT_BENCH = SHARED / "data" / "mt_bench" / "question.jsonl"
+FIRST_THREE = [
+    "dataset=mt_bench",
+    f"dataset.sources.mt_bench.path={MT_BENCH}",
+    "limit=3",
+    "record_prompts=true",
+    "mixture.sampling.max_tokens=48",
+    # every row in sft.parquet, cut off or not: these tests count and compare rows (the
+    # exclusion rule is checked in test_a_cli_sweep_offline)
+    "truncated=keep",
+]
+# one shard per row, so resume has shards to keep and to redo
+RESIDENT = [*FIRST_THREE, "cluster.batch_size=1"]
+LAYERED = [*FIRST_THREE, "execution=layered"]
 
 
 @pytest.fixture(scope="module")
@@ -18,20 +31,7 @@ def mt_bench_run(run_synth, tmp_path_factory) -> tuple[Path, dict]:
     if not MT_BENCH.exists():
         pytest.skip(f"{MT_BENCH} not available")
     run_dir = tmp_path_factory.mktemp("mt_bench_run")
-    manifest = run_synth(
-        run_dir,
-        [
-            "dataset=mt_bench",
-            f"dataset.sources.mt_bench.path={MT_BENCH}",
-            "limit=3",
-            "record_prompts=true",
-            "mixture.sampling.max_tokens=48",
-            # every row in sft.parquet, cut off or not: these tests count and compare rows (the
-            # exclusion rule is checked in test_a_cli_sweep_offline)
-            "truncated=keep",
-            "cluster.batch_size=1",  # one shard per row, so resume has shards to keep and to redo
-        ],
-    )
+    manifest = run_synth(run_dir, RESIDENT)
     return run_dir, manifest
 
 
@@ -64,35 +64,13 @@ def test_resume_redoes_only_missing_rows(mt_bench_run, run_synth):
     before = {r["id"]: r for r in pq.read_table(run_dir / "sft.parquet").to_pylist()}
     lost = {r["id"] for r in pq.read_table(shards[0]).to_pylist()}
     shards[0].unlink()  # as if the run had been killed before this block finished
-    again = run_synth(
-        run_dir,
-        [
-            "dataset=mt_bench",
-            f"dataset.sources.mt_bench.path={MT_BENCH}",
-            "limit=3",
-            "record_prompts=true",
-            "mixture.sampling.max_tokens=48",
-            "truncated=keep",
-            "cluster.batch_size=1",
-        ],
-    )
+    again = run_synth(run_dir, RESIDENT)
     assert again["counts"]["rows_resumed"] == 3 - len(lost)
     after = pq.read_table(run_dir / "sft.parquet").to_pylist()
     assert sorted(r["id"] for r in after) == sorted(before)  # every id exactly once
     for r in after:
         if r["id"] not in lost:  # kept rows were not generated again
             assert r["calls"] == before[r["id"]]["calls"]
-
-
-LAYERED = [
-    "dataset=mt_bench",
-    f"dataset.sources.mt_bench.path={MT_BENCH}",
-    "limit=3",
-    "record_prompts=true",
-    "mixture.sampling.max_tokens=48",
-    "truncated=keep",
-    "execution=layered",
-]
 
 
 @pytest.fixture(scope="module")
