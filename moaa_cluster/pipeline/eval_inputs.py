@@ -66,10 +66,19 @@ class QuestionCheck:
             rejects += no_reference
         rows, too_long = self.lengths.split(rows)
         rejects += too_long
-        write_rejects_part(self.rejects_dir, f"{QUESTIONS_PART}-{uuid.uuid4().hex[:8]}", rejects)
+        write_rejects_part(self.rejects_dir, _part_name(batch), rejects)
         return pa.Table.from_pylist(
             [{k: r.get(k) for k in INPUT_SCHEMA.names} for r in rows], schema=INPUT_SCHEMA
         )
+
+
+def _part_name(batch: pa.Table) -> str:
+    """A batch's reject part, named by its first row's read position: the parts of the
+    batches sort in read order."""
+    if "_unit" not in batch.column_names or batch.num_rows == 0:
+        return f"{QUESTIONS_PART}-{uuid.uuid4().hex[:8]}"
+    unit, rec = min(zip(batch["_unit"].to_pylist(), batch["_rec"].to_pylist(), strict=True))
+    return f"{QUESTIONS_PART}-{unit:06d}-{rec:09d}"
 
 
 def read_questions(
