@@ -7,9 +7,9 @@ generated the same way by a baseline model; the judge (the MoA judge or one mode
 compares the two in both orders (``judge.judge_pair``: agreement wins, disagreement ties).
 Multi-turn questions are judged on the full conversation (``answers.judge_inputs``).
 
-Outputs in the run directory: ``answers.parquet`` (and ``baseline_answers.parquet`` for a
-baseline model; both usable as a baseline file later), ``judgments.parquet``
-(``eval_outputs.py``), ``summary.json`` (win/tie/loss, win rate with a bootstrap interval,
+Outputs in the run directory: ``answers/`` and ``answers.parquet`` (and ``baseline_answers/``
+and ``baseline_answers.parquet`` for a baseline model; usable as a baseline file later),
+``judgments/`` and ``judgments.parquet`` (``eval_outputs.py``), ``summary.json`` (win/tie/loss, win rate with a bootstrap interval,
 length-controlled win rate, judge statistics, tokens: ``evaluation/summary.py``),
 ``rejects.jsonl``, ``manifest.json``.
 
