@@ -504,17 +504,15 @@ def run_pipeline(
 
 def run_pass_through(rows: list[dict], bench: Bench, work_dir: Path) -> None:
     """The pipeline's Ray Data stage with :class:`PassThrough` workers (same pool, batches)."""
-    from moaa_cluster.pipeline.frame import PoolSettings, stream_rows
+    from moaa_cluster.pipeline.frame import PoolSettings, StreamJob, rows_dataset, stream_dataset
     from moaa_cluster.pipeline.synth import INPUT_SCHEMA
 
     s = bench.settings
-    stream_rows(
-        rows,
-        INPUT_SCHEMA,
-        PassThrough,
-        {},
-        INPUT_SCHEMA,
-        Path(tempfile.mkdtemp(prefix="passthrough-", dir=work_dir)),
+    run_dir = Path(tempfile.mkdtemp(prefix="passthrough-", dir=work_dir))
+    stream_dataset(
+        rows_dataset(rows, INPUT_SCHEMA) if rows else None,
+        len(rows),
+        StreamJob(PassThrough, {}, INPUT_SCHEMA, run_dir),
         PoolSettings(
             batch_size=s.batch_size, workers=s.workers, worker_cpus=s.worker_cpus, progress=False
         ),

@@ -41,8 +41,7 @@ def length_rejects(
     ``max_tokens``) plus the answer; the judge's largest prompt (K.4) holds the question,
     both answers, every critique, then the verdict. Counted with each model's tokenizer.
     """
-    check = LengthCheck(model, baseline_model, judge, judge_specs, settings)
-    return split_by_length(rows, check.reason_for, _input_reject)
+    return LengthCheck(model, baseline_model, judge, judge_specs, settings).split(rows)
 
 
 def _input_reject(row: dict, reason: str) -> dict:
@@ -152,6 +151,10 @@ class LengthCheck:
             return {}
         texts, reserve = protocol_templates(self.protocol)
         return {key: max(_n_tokens(tok, t) for t in texts) + reserve}
+
+    def split(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """``(rows that fit, reject records of those that cannot)``, in input order."""
+        return split_by_length(rows, self.reason_for, _input_reject)
 
     def reason_for(self, row: dict) -> str | None:
         """Why ``row`` cannot fit (generation checked first, then the judge), or None."""

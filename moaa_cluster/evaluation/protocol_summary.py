@@ -1,4 +1,4 @@
-"""A benchmark protocol's score from an evaluation's finished rows.
+"""A benchmark protocol's score from an evaluation's finished rows (``summary.compact_row``).
 
 Each protocol reports one *headline* (the number its paper's table shows, with its interval)
 and its details; what the judge's output did not let us read is counted, never scored:
@@ -13,13 +13,11 @@ and its details; what the judge's output did not let us read is counted, never s
 
 from __future__ import annotations
 
-import json
-
-from moaa_cluster.evaluation.bradley_terry import Battle, answer_style, arena_hard_scores
+from moaa_cluster.evaluation.bradley_terry import Battle, arena_hard_scores
 from moaa_cluster.evaluation.lc_winrate import lc_win_rate
 from moaa_cluster.evaluation.mt_bench_scores import TurnScore, mt_bench_scores
 from moaa_cluster.evaluation.settings import EvalSettings
-from moaa_cluster.evaluation.summary import answer_chars, truncation_lines
+from moaa_cluster.evaluation.summary import truncation_lines
 
 HEADLINES = {
     "pairwise": ("win rate", "%"),
@@ -43,17 +41,14 @@ def headline(protocol: str, value: float | None, low: float | None, high: float 
 
 def _alpaca(rows: list[dict], s: EvalSettings) -> dict:
     read = [r for r in rows if r.get("preference") is not None]
-    recovered = sum(
-        str(json.loads(r.get("judge") or "{}").get("read_from", "")).startswith("recovered")
-        for r in read
-    )
+    recovered = sum(str(r.get("read_from") or "").startswith("recovered") for r in read)
     out: dict = {"judged": len(read), "unparsed": len(rows) - len(read), "recovered": recovered}
     if not read:
         return {**out, "headline": headline("alpaca_eval2", None, None, None)}
     res = lc_win_rate(
         [r["preference"] for r in read],
-        [answer_chars(r["model_answers"]) for r in read],
-        [answer_chars(r["baseline_answers"]) for r in read],
+        [r["model_chars"] for r in read],
+        [r["baseline_chars"] for r in read],
         resamples=s.resamples,
         confidence=s.confidence,
         seed=s.seed or 0,
@@ -79,8 +74,8 @@ def _arena(rows: list[dict], s: EvalSettings, model: str, baseline: str) -> dict
         Battle(
             model,
             tuple(r["game_outcomes"]),
-            answer_style(r["model_answers"][-1]) if style else None,
-            answer_style(r["baseline_answers"][-1]) if style else None,
+            tuple(r["model_style"]) if style else None,
+            tuple(r["baseline_style"]) if style else None,
         )
         for r in full
     ]

@@ -1,7 +1,9 @@
 """An evaluation's statistics: outcomes, win rates, the judge's behaviour, tokens, the table.
 
-Pure functions over the finished rows of ``moaa eval`` (``pipeline/evaluate.py``); what they
-return is ``summary.json``, which ``moaa report`` reads and prints with :func:`format_summary`.
+Pure functions over the finished rows of ``moaa eval`` (``pipeline/evaluate.py``), each as
+its :func:`compact_row` (no answer texts: the rows come back to the driver in that form); what
+they return is ``summary.json``, which ``moaa report`` reads and prints with
+:func:`format_summary`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 
 from moaa_cluster.engines.spec import ModelSpec
+from moaa_cluster.evaluation.bradley_terry import answer_style
 from moaa_cluster.evaluation.settings import EvalSettings
 from moaa_cluster.evaluation.winrate import win_rate
 from moaa_cluster.judge.judge import summarize
@@ -38,15 +41,59 @@ def answer_chars(answers: list[str] | None) -> int:
     return sum(len(a) for a in answers or [])
 
 
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "finish_reasons")  # per side, per turn
+# the fields of a finished row the summaries read as they are (all small)
+SMALL_FIELDS = (
+    "id",
+    "source",
+    "source_id",
+    "outcome",
+    "identical",
+    "category",
+    "preference",
+    "game_outcomes",
+    "grades",
+    "baseline_generated",
+    "retries",
+    *(f"{side}_{f}" for side in ("model", "baseline") for f in TOKEN_FIELDS),
+    "judge_calls",
+    "judge_prompt_tokens",
+    "judge_completion_tokens",
+)
+
+
+def compact_row(row: dict) -> dict:
+    """What the summaries read of a finished row (``eval_worker.SHARD_SCHEMA``): its small
+    fields, each side's answer length instead of its texts (and the last answers' style when
+    the row has arena games), the judge's comparisons as their counts and winners."""
+    judge = json.loads(row.get("judge") or "{}")
+    comparisons = judge.get("comparisons") or []
+    winners = [c["winner"] for c in comparisons]
+    out = {k: row.get(k) for k in SMALL_FIELDS}
+    out.update(
+        model_chars=answer_chars(row.get("model_answers")),
+        baseline_chars=answer_chars(row.get("baseline_answers")),
+        comparison_counts=summarize(comparisons),
+        first_wins=sum(w == "A" for w in winners),
+        resolved=sum(w is not None for w in winners),
+        read_from=judge.get("read_from"),
+    )
+    if row.get("game_outcomes"):  # arena_hard's style control reads the last answers
+        out["model_style"] = list(answer_style(row["model_answers"][-1]))
+        out["baseline_style"] = list(answer_style(row["baseline_answers"][-1]))
+    return out
+
+
 def summarize_judgments(rows: list[dict], settings: EvalSettings) -> dict:
-    """Win rates overall and per source, and the judge's behaviour, from finished rows."""
+    """Win rates overall and per source, and the judge's behaviour, from finished rows
+    (:func:`compact_row`)."""
     judged = [r for r in rows if r["outcome"] in ("win", "tie", "loss")]
 
     def rate(group: list[dict], lc: bool) -> dict:
         return win_rate(
             [r["outcome"] for r in group],
-            model_lengths=[answer_chars(r["model_answers"]) for r in group] if lc else None,
-            baseline_lengths=[answer_chars(r["baseline_answers"]) for r in group] if lc else None,
+            model_lengths=[r["model_chars"] for r in group] if lc else None,
+            baseline_lengths=[r["baseline_chars"] for r in group] if lc else None,
             resamples=settings.resamples,
             confidence=settings.confidence,
             seed=settings.seed or 0,
@@ -61,19 +108,20 @@ def summarize_judgments(rows: list[dict], settings: EvalSettings) -> dict:
         "identical": sum(bool(r.get("identical")) for r in rows),
         "judge": judge_statistics(rows),
         "lengths": {
-            "model_chars_mean": sum(answer_chars(r["model_answers"]) for r in rows)
-            / max(1, len(rows)),
-            "baseline_chars_mean": sum(answer_chars(r["baseline_answers"]) for r in rows)
-            / max(1, len(rows)),
+            "model_chars_mean": sum(r["model_chars"] for r in rows) / max(1, len(rows)),
+            "baseline_chars_mean": sum(r["baseline_chars"] for r in rows) / max(1, len(rows)),
         },
     }
 
 
 def judge_statistics(rows: list[dict]) -> dict:
-    """The judge's counters over every comparison of ``rows``, with its consistency rates."""
-    comparisons = [c for r in rows for c in json.loads(r["judge"])["comparisons"]]
-    counts = summarize(comparisons)
-    resolved = [c["winner"] for c in comparisons if c["winner"] is not None]
+    """The judge's counters over every comparison of ``rows`` (:func:`compact_row`), with its
+    consistency rates."""
+    counts = summarize([])
+    for r in rows:
+        for k, v in r["comparison_counts"].items():
+            counts[k] += v
+    resolved = sum(r["resolved"] for r in rows)
     compared = [r for r in rows if not r.get("identical")]
     decided = sum(r["outcome"] in ("win", "loss") for r in compared)
     both = sum(r["outcome"] in ("win", "loss", "tie") for r in compared)
@@ -82,9 +130,7 @@ def judge_statistics(rows: list[dict]) -> dict:
         # both orders resolved and agreeing, among pairs where both orders resolved
         "position_consistency": decided / both if both else None,
         # how often the answer shown first won, among resolved verdicts
-        "first_position_wins": sum(w == "A" for w in resolved) / len(resolved)
-        if resolved
-        else None,
+        "first_position_wins": sum(r["first_wins"] for r in rows) / resolved if resolved else None,
         "verdict_parse_failure_rate": counts["verdict_unparsed"] / max(1, counts["comparisons"]),
         "verdict_unresolved_rate": counts["verdict_unresolved"] / max(1, counts["comparisons"]),
     }

@@ -1,25 +1,31 @@
-"""What an evaluation run writes besides its shards and summary.
+"""What an evaluation run writes besides its summary, from one Ray Data pass over its shards.
 
-``answers.parquet`` (and ``baseline_answers.parquet`` for a baseline model; both usable as a
-baseline file later), ``judgments.parquet`` (one row per judged question) and
-``rejects.jsonl`` (questions rejected on input, unusable baseline records, questions that
-failed in inference).
+``answers/`` and ``answers.parquet`` (and ``baseline_answers/`` and
+``baseline_answers.parquet`` for a baseline model; usable as a baseline file later),
+``judgments/`` and ``judgments.parquet`` (one row per judged question), each sorted by source
+and id. The pass keeps the shard rows of this run's questions (an ``is_in`` against their
+ids); what comes back to the driver is each finished row's :func:`compact_row` (no answer
+texts) and the failed rows (few), never the answers.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from moaa_cluster.data.chat import chat_messages
-from moaa_cluster.engines.spec import ModelSpec
-from moaa_cluster.evaluation.summary import answer_chars
+from moaa_cluster.evaluation.summary import answer_chars, compact_row
 from moaa_cluster.judge.judge import COUNT_FIELDS
+from moaa_cluster.pipeline.eval_worker import SHARD_SCHEMA
 from moaa_cluster.pipeline.frame import MESSAGE
-from moaa_cluster.runs.files import write_parquet_atomic
-from moaa_cluster.runs.storage import join
-from moaa_cluster.runs.task_run import write_rejects
+from moaa_cluster.pipeline.instructions import cached_ids
+from moaa_cluster.runs import storage
+from moaa_cluster.runs.datasets import sorted_by_source_id, write_dataset
+from moaa_cluster.runs.shards import finished_among, last_failures, shard_dataset, shard_dir
 
 ANSWER_SCHEMA = pa.schema(
     [
@@ -57,39 +63,18 @@ JUDGMENT_SCHEMA = pa.schema(
 )
 
 
-def write_answers_and_judgments(
-    run_dir: Path | str, finished: list[dict], model: ModelSpec, baseline_model: ModelSpec | None
-) -> None:
-    """``answers.parquet``, ``baseline_answers.parquet`` (a baseline model's) and
-    ``judgments.parquet`` of the finished questions."""
-    write_parquet_atomic(side_rows(finished, "model", model.name), join(run_dir, "answers.parquet"))
-    if baseline_model is not None:
-        write_parquet_atomic(
-            side_rows(finished, "baseline", baseline_model.name),
-            join(run_dir, "baseline_answers.parquet"),
-        )
-    write_parquet_atomic(
-        pa.Table.from_pylist(judgment_rows(finished), schema=JUDGMENT_SCHEMA),
-        join(run_dir, "judgments.parquet"),
-    )
-
-
-def write_eval_rejects(run_dir: Path | str, rejects: list[dict], failed: list[dict]) -> Path | str:
-    """``rejects.jsonl``: the input and baseline rejects, then the questions that failed."""
-    return write_rejects(
-        run_dir,
-        rejects,
-        [
-            {
-                "source": r["source"],
-                "where": r["source_id"] or r["id"],
-                "stage": "inference",
-                "reason": r["error"],
-                "record": {"turns": r["turns"]},
-            }
-            for r in failed
-        ],
-    )
+def failure_rejects(failed: list[dict]) -> list[dict]:
+    """The ``rejects.jsonl`` records of the questions that failed in inference."""
+    return [
+        {
+            "source": r["source"],
+            "where": r["source_id"] or r["id"],
+            "stage": "inference",
+            "reason": r["error"],
+            "record": {"turns": r["turns"]},
+        }
+        for r in failed
+    ]
 
 
 def side_rows(rows: list[dict], side: str, name: str) -> pa.Table:
@@ -135,3 +120,87 @@ def judgment_rows(finished: list[dict]) -> list[dict]:
         }
         for r in finished
     ]
+
+
+@dataclass
+class EvalResults:
+    """What the pass over the shards gives the driver: every finished row of this run's
+    questions as its :func:`compact_row`, sorted by source and id, and the last failure of
+    each question that never finished."""
+
+    finished: list[dict]
+    failed: list[dict]
+
+
+_FAILED_FIELDS = ["id", "source", "source_id", "turns", "error", "finished_at", "retries"]
+
+
+def _wanted(batch: pa.Table, wanted) -> pa.Table:
+    return batch.filter(pc.is_in(batch["id"], value_set=cached_ids(wanted)))
+
+
+def _finished(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch["error"]))
+
+
+def _block_results(batch: pa.Table) -> pa.Table:
+    """Ray Data step: a block's finished rows as compact records and its failed rows (JSON)."""
+    failed = batch.filter(pc.invert(pc.is_null(batch["error"])))
+    return pa.table(
+        {
+            "finished": [json.dumps([compact_row(r) for r in _finished(batch).to_pylist()])],
+            "failed": [json.dumps(failed.select(_FAILED_FIELDS).to_pylist())],
+        }
+    )
+
+
+def _side_block(batch: pa.Table, side: str, name: str) -> pa.Table:
+    return side_rows(batch.to_pylist(), side, name)
+
+
+def _judgment_block(batch: pa.Table) -> pa.Table:
+    return pa.Table.from_pylist(judgment_rows(batch.to_pylist()), schema=JUDGMENT_SCHEMA)
+
+
+def _results(rows) -> EvalResults:
+    finished: list[dict] = []
+    failed: list[dict] = []
+    for part in rows.map_batches(
+        _block_results, batch_format="pyarrow", batch_size=None
+    ).take_all():
+        finished += json.loads(part["finished"])
+        failed += json.loads(part["failed"])
+    finished.sort(key=lambda r: (r["source"], r["id"]))
+    failed = last_failures(failed, finished_among(rows, {r["id"] for r in failed}))
+    return EvalResults(finished, failed)
+
+
+def write_outputs(
+    run_dir: Path | str, wanted, model: str, baseline_model: str | None
+) -> EvalResults:
+    """Writes the answers and judgments of the shard rows of ``wanted`` (an object ref of
+    the questions' ids; ``runs.datasets.write_dataset``, each with its single file);
+    ``model``, ``baseline_model``: the names in the answers (None: no baseline model)."""
+    files = storage.list_files(shard_dir(run_dir), ".parquet")
+    rows = None
+    if files:
+        rows = shard_dataset(files, SHARD_SCHEMA).map_batches(
+            _wanted, fn_kwargs={"wanted": wanted}, batch_format="pyarrow"
+        )
+        rows = rows.materialize()
+    results = _results(rows) if rows is not None else EvalResults([], [])
+    n = len(results.finished)
+    done = rows.map_batches(_finished, batch_format="pyarrow") if n else None
+    outputs = [("answers", _side_block, {"side": "model", "name": model}, ANSWER_SCHEMA)]
+    if baseline_model is not None:
+        kwargs = {"side": "baseline", "name": baseline_model}
+        outputs.append(("baseline_answers", _side_block, kwargs, ANSWER_SCHEMA))
+    outputs.append(("judgments", _judgment_block, {}, JUDGMENT_SCHEMA))
+    for name, fn, kwargs, schema in outputs:
+        ds = None
+        if done is not None:
+            ds = done.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow")
+            ds = sorted_by_source_id(ds, n)
+        path = storage.join(run_dir, name)
+        write_dataset(ds, path, storage.join(run_dir, f"{name}.parquet"), schema)
+    return results

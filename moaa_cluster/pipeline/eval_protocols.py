@@ -205,17 +205,25 @@ def _categories(sources: list) -> dict[tuple[str, str], str]:
     return out
 
 
+def mt_bench_lookup(sources: list, references: str | None) -> tuple[dict, dict]:
+    """``(categories, reference answers)`` of ``sources``' questions, as
+    :func:`attach_mt_bench` reads them (a worker reads them once for all its batches)."""
+    refs = mt_bench.load_reference_answers(references) if references else {}
+    return _categories(sources), refs
+
+
 def attach_mt_bench(
-    rows: list[dict], sources: list, references: str | None
+    rows: list[dict], sources: list, references: str | None, lookup: tuple | None = None
 ) -> tuple[list[dict], list[dict]]:
     """Each question's MT-Bench category and, for math/reasoning/coding, its reference answer.
+
+    ``lookup``: :func:`mt_bench_lookup` of ``sources`` and ``references`` read earlier.
 
     Returns:
         ``(rows, rejects)``: a reference-guided question without a reference answer is
         rejected on input with the reason (it cannot be graded as the benchmark grades it).
     """
-    cats = _categories(sources)
-    refs = mt_bench.load_reference_answers(references) if references else {}
+    cats, refs = lookup or mt_bench_lookup(sources, references)
     kept, rejects = [], []
     for r in rows:
         category = cats.get((r["source"], str(r.get("source_id"))), DEFAULT_CATEGORY)

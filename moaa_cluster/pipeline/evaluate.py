@@ -7,11 +7,17 @@ generated the same way by a baseline model; the judge (the MoA judge or one mode
 compares the two in both orders (``judge.judge_pair``: agreement wins, disagreement ties).
 Multi-turn questions are judged on the full conversation (``answers.judge_inputs``).
 
-Outputs in the run directory: ``answers.parquet`` (and ``baseline_answers.parquet`` for a
-baseline model; both usable as a baseline file later), ``judgments.parquet``
-(``eval_outputs.py``), ``summary.json`` (win/tie/loss, win rate with a bootstrap interval,
+Outputs in the run directory: ``answers/`` and ``answers.parquet`` (and ``baseline_answers/``
+and ``baseline_answers.parquet`` for a baseline model; usable as a baseline file later),
+``judgments/`` and ``judgments.parquet`` (``eval_outputs.py``), ``summary.json`` (win/tie/loss, win rate with a bootstrap interval,
 length-controlled win rate, judge statistics, tokens: ``evaluation/summary.py``),
 ``rejects.jsonl``, ``manifest.json``.
+
+Storage to storage, as synth's instructions: Ray Data read tasks validate the questions and an
+actor pool matches their baseline answers and checks their lengths (``eval_inputs``), both
+writing their rejects; the questions an earlier run finished are dropped by the shards' id
+column; the outputs are written by one pass over the shards (``eval_outputs.write_outputs``),
+which returns only each finished question's small fields for the summary.
 """
 
 from __future__ import annotations
@@ -24,10 +30,8 @@ from pathlib import Path
 from moaa_cluster.engines.describe import model_record
 from moaa_cluster.engines.spec import ModelSpec
 from moaa_cluster.errors import ConfigError
-from moaa_cluster.evaluation.answers import attach_baseline, load_baseline
-from moaa_cluster.evaluation.lengths import length_rejects
 from moaa_cluster.evaluation.protocol_summary import format_protocol, protocol_summary
-from moaa_cluster.evaluation.settings import Baseline, EvalSettings, ProtocolSettings
+from moaa_cluster.evaluation.settings import Baseline, EvalSettings
 from moaa_cluster.evaluation.summary import (
     JUDGED_ON,
     format_summary,
@@ -37,20 +41,21 @@ from moaa_cluster.evaluation.summary import (
 )
 from moaa_cluster.judge.costs import calls_per_pair
 from moaa_cluster.judge.judge import JudgeSpec
-from moaa_cluster.pipeline.eval_outputs import write_answers_and_judgments, write_eval_rejects
-from moaa_cluster.pipeline.eval_protocols import attach_mt_bench
-from moaa_cluster.pipeline.eval_worker import (
-    BASELINE,
-    INPUT_SCHEMA,
-    MODEL,
-    SHARD_SCHEMA,
-    EvalWorker,
+from moaa_cluster.pipeline.eval_inputs import (
+    BASELINE_PART,
+    planned_calls,
+    read_questions,
 )
-from moaa_cluster.pipeline.frame import PoolSettings, stream_rows
+from moaa_cluster.pipeline.eval_outputs import EvalResults, failure_rejects, write_outputs
+from moaa_cluster.pipeline.eval_worker import BASELINE, MODEL, SHARD_SCHEMA, EvalWorker
+from moaa_cluster.pipeline.frame import PoolSettings, StreamJob, stream_dataset
+from moaa_cluster.pipeline.instructions import drop_finished, id_array_ref
+from moaa_cluster.runs import storage
+from moaa_cluster.runs.datasets import concat_rejects, part_lines
 from moaa_cluster.runs.files import read_json, save_json
 from moaa_cluster.runs.manifest import Manifest
 from moaa_cluster.runs.options import RunOptions
-from moaa_cluster.runs.shards import consolidate, finished_ids, open_run
+from moaa_cluster.runs.shards import open_run, shard_dir
 from moaa_cluster.runs.storage import join
 from moaa_cluster.runs.task_run import TaskRun
 
@@ -72,11 +77,11 @@ class _Eval:
 
 @dataclass
 class _Questions:
-    """The questions to evaluate and those set aside before any engine starts."""
+    """The questions read (Ray datasets and counts; the rows stay in the cluster)."""
 
-    rows: list[dict]
-    rejects: list[dict]  # questions rejected on input
-    baseline_rejects: list[dict]  # unusable records of the answers files, not questions
+    valid: object  # the questions that passed the input checks
+    todo: object  # those an earlier run of the directory did not finish
+    counts: dict  # questions, rejected, baseline_records_rejected, valid, todo, calls
 
 
 def evaluate(
@@ -108,28 +113,36 @@ def evaluate(
             sharing a name with different settings, or a run directory holding another
             evaluation.
     """
+    from moaa_cluster.engines import host as engine_host
+
     t_start = time.monotonic()
     ev = _prepare(model, judge, judge_specs, baseline, settings or EvalSettings())
-    questions = _read_questions(sources, ev.files, opts.limit, ev.settings.protocol)
-    # the run's clock started before the questions were read: reading counts as its time
     run = TaskRun(
         opts, open_run(opts.run_dir, ev.specs.values(), overwrite=opts.overwrite), t_start
     )
     fingerprint = _fingerprint(model, ev.files, baseline.model, judge, ev.settings.protocol.name)
     _claim(run.run_dir, fingerprint)
-    todo = _to_run(ev, questions, run)
-    run.timings["read"] = run.elapsed()
-    if todo:
-        _answer_and_judge(ev, todo, run)
-    finished, failed = _consolidated(run.run_dir, questions.rows)
-    write_answers_and_judgments(run.run_dir, finished, model, baseline.model)
-    write_eval_rejects(run.run_dir, questions.rejects + questions.baseline_rejects, failed)
+    specs = list(ev.specs.values())
+    engine_host.preflight(opts.cluster, specs)
+    with engine_host.hosting(opts.cluster, keep=opts.keep_engines, timings=run.timings) as host:
+        questions = _read_questions(ev, sources, run)
+        run.timings["read"] = run.elapsed()
+        if questions.counts["todo"]:
+            host.use(specs)
+            _answer_and_judge(ev, questions, run)
+        results = write_outputs(
+            run.run_dir,
+            id_array_ref(questions.valid),
+            model.name,
+            baseline.model.name if baseline.model is not None else None,
+        )
+        concat_rejects(run.run_dir, failure_rejects(results.failed))
     run.timings["total"] = run.elapsed()
     cumulative = _cumulative_timings(run)
-    summary = _summary(ev, questions, finished, failed, run.timings, cumulative)
+    summary = _summary(ev, questions.counts, results, run.timings, cumulative)
     save_json(join(run.run_dir, "summary.json"), summary)
-    _save_manifest(ev, summary, finished + failed, run, cumulative)
-    _print_result(summary, run.timings, run.run_dir, len(failed))
+    _save_manifest(ev, summary, results, run, cumulative, questions.counts)
+    _print_result(summary, run.timings, run.run_dir, len(results.failed))
     return summary
 
 
@@ -154,42 +167,39 @@ def _prepare(
     return _Eval(model, judge, judge_specs, baseline, settings, files, specs)
 
 
-def _read_questions(
-    sources: list, files: list[str] | None, limit: int | None, protocol: ProtocolSettings
-) -> _Questions:
-    """The questions, each with the baseline's answers from ``files`` (or none to generate)."""
-    from moaa_cluster.data.sources import load_rows
-
-    rows, rejects = load_rows(sources, limit)
-    rows = [{**r, "answers": []} for r in rows]  # given answers are not used: we generate
-    baseline_rejects: list[dict] = []
-    if files is not None:
-        index, baseline_rejects = load_baseline(files)
-        rows, unmatched = attach_baseline(rows, index)
-        rejects += unmatched
-    else:
-        rows = [{**r, "baseline": []} for r in rows]
-    if protocol.name == "mt_bench":
-        rows, no_reference = attach_mt_bench(rows, sources, protocol.references)
-        rejects += no_reference
-    return _Questions(rows, rejects, baseline_rejects)
-
-
-def _to_run(ev: _Eval, questions: _Questions, run: TaskRun) -> list[dict]:
-    """Rejects the questions too long for a model's context; returns those not yet finished."""
-    questions.rows, too_long = length_rejects(
-        questions.rows, ev.model, ev.baseline.model, ev.judge, ev.judge_specs, ev.settings
-    )
-    questions.rejects += too_long
-    todo = run.todo(questions.rows)
+def _read_questions(ev: _Eval, sources: list, run: TaskRun) -> _Questions:
+    """The questions, each with the baseline's answers (or none to generate), read and checked
+    by Ray Data (``eval_inputs``); the rejects written as parts of the run's ``rejects/``."""
+    s = ev.settings
+    lengths = {
+        "model": ev.model,
+        "baseline_model": ev.baseline.model,
+        "judge": ev.judge,
+        "judge_specs": ev.judge_specs,
+        "settings": s,
+    }
+    valid = read_questions(sources, run.run_dir, run.opts.limit, ev.files, lengths)
+    n_valid = valid.count()
+    todo = drop_finished(valid, run.run_dir)
+    n_todo, calls = planned_calls(todo, s.protocol, calls_per_pair(ev.judge)) if n_valid else (0, 0)
+    parts = part_lines(run.run_dir)
+    baseline_rejected = parts.pop(BASELINE_PART, 0)
+    counts = {
+        "questions": n_valid + sum(parts.values()),
+        "rejected": sum(parts.values()),
+        "baseline_records_rejected": baseline_rejected,
+        "valid": n_valid,
+        "todo": n_todo,
+        "calls": calls,
+    }
     log.info(
         "%d questions to evaluate (%d rejected, %d already done, %d to run)",
-        len(questions.rows),
-        len(questions.rejects),
-        len(questions.rows) - len(todo),
-        len(todo),
+        n_valid,
+        counts["rejected"],
+        n_valid - n_todo,
+        n_todo,
     )
-    return todo
+    return _Questions(valid, todo, counts)
 
 
 def _cumulative_timings(run: TaskRun) -> dict:
@@ -207,8 +217,10 @@ def _claim(run_dir: Path | str, fingerprint: dict) -> None:
     """Records which evaluation the run directory holds; refuses to mix in another one."""
     run_file = join(run_dir, "run.json")
     held = read_json(run_file)
-    # finished rows of another model, baseline or judge must not be mixed into this one
-    if held is not None and held != fingerprint and finished_ids(run_dir):
+    # rows of another model, baseline or judge must not be mixed into this one: any shard
+    # refuses (a shard of failed rows only too; the finished ids are not read here)
+    shards = storage.list_files(shard_dir(run_dir), ".parquet")
+    if held is not None and held != fingerprint and shards:
         raise ConfigError(
             f"{run_dir} holds an evaluation with another model, baseline or judge "
             f"({run_file}); use overwrite=true or another run_name"
@@ -216,63 +228,36 @@ def _claim(run_dir: Path | str, fingerprint: dict) -> None:
     save_json(run_file, fingerprint)
 
 
-def _answer_and_judge(ev: _Eval, todo: list[dict], run: TaskRun) -> None:
-    """Starts every role's engine and streams the ``todo`` questions into the shards."""
-    from moaa_cluster.engines import host as engine_host
-
-    opts = run.opts
-    specs = list(ev.specs.values())
-    with engine_host.engines(opts.cluster, specs, keep=opts.keep_engines, timings=run.timings):
-        t0 = time.monotonic()
-        try:
-            stream_rows(
-                todo,
-                INPUT_SCHEMA,
-                EvalWorker,
-                {"judge": ev.judge, "specs": ev.specs, "settings": ev.settings},
-                SHARD_SCHEMA,
-                run.run_dir,
-                PoolSettings(
-                    batch_size=ev.settings.batch_size,
-                    workers=ev.settings.workers,
-                    worker_cpus=ev.settings.worker_cpus,
-                    desc="eval",
-                    progress=opts.progress,
-                    calls=sum(_calls_per_question(ev, r) for r in todo),
-                ),
-            )
-        finally:
-            run.timings["answer_and_judge"] = time.monotonic() - t0
-
-
-def _calls_per_question(ev: _Eval, row: dict) -> int:
-    """The model's turns, the baseline model's turns when it answers, the judge's calls."""
-    turns, ps = len(row["turns"]), ev.settings.protocol
-    baseline = turns if ps.needs_baseline and not row.get("baseline") else 0
-    return turns + baseline + ps.judge_calls(turns, calls_per_pair(ev.judge))
-
-
-def _consolidated(run_dir: Path | str, rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """The shards' finished rows of this run's questions (by source, id) and its failed rows."""
-    finished, failed = consolidate(run_dir)
-    wanted = {r["id"] for r in rows}
-    finished = sorted(
-        (r for r in finished if r["id"] in wanted), key=lambda r: (r["source"], r["id"])
-    )
-    return finished, [r for r in failed if r["id"] in wanted]
+def _answer_and_judge(ev: _Eval, questions: _Questions, run: TaskRun) -> None:
+    """Streams the questions still to do into the shards, every role's engine resident."""
+    t0 = time.monotonic()
+    try:
+        job = StreamJob(
+            EvalWorker,
+            {"judge": ev.judge, "specs": ev.specs, "settings": ev.settings},
+            SHARD_SCHEMA,
+            run.run_dir,
+        )
+        pool = PoolSettings(
+            batch_size=ev.settings.batch_size,
+            workers=ev.settings.workers,
+            worker_cpus=ev.settings.worker_cpus,
+            desc="eval",
+            progress=run.opts.progress,
+            calls=questions.counts["calls"],
+        )
+        stream_dataset(questions.todo, questions.counts["todo"], job, pool)
+    finally:
+        run.timings["answer_and_judge"] = time.monotonic() - t0
 
 
 def _summary(
-    ev: _Eval,
-    questions: _Questions,
-    finished: list[dict],
-    failed: list[dict],
-    timings: dict,
-    cumulative: dict,
+    ev: _Eval, counts: dict, results: EvalResults, timings: dict, cumulative: dict
 ) -> dict:
     """``summary.json``: counts, win rates, judge statistics, tokens and wall times."""
     protocol = ev.settings.protocol
     baseline = ev.baseline.display_name() if protocol.needs_baseline else None
+    finished = results.finished
     if protocol.name == "pairwise":
         judged = summarize_judgments(finished, ev.settings)
     else:
@@ -284,11 +269,11 @@ def _summary(
         "judge_models": ev.judge.models,
         "judged_on": JUDGED_ON,
         "length_unit": "characters of all the side's answer turns",
-        "questions": len(questions.rows) + len(questions.rejects),
+        "questions": counts["questions"],
         "evaluated": len(finished),
-        "failed": len(failed),
-        "rejected": len(questions.rejects),
-        "baseline_records_rejected": len(questions.baseline_rejects),
+        "failed": len(results.failed),
+        "rejected": counts["rejected"],
+        "baseline_records_rejected": counts["baseline_records_rejected"],
         **judged,
         "answers_truncated": truncated_answers(finished),
         "tokens_per_model": tally_tokens(finished, ev.model, ev.baseline.model, ev.judge.name),
@@ -298,10 +283,16 @@ def _summary(
 
 
 def _save_manifest(
-    ev: _Eval, summary: dict, rows: list[dict], run: TaskRun, cumulative: dict
+    ev: _Eval,
+    summary: dict,
+    results: EvalResults,
+    run: TaskRun,
+    cumulative: dict,
+    counts: dict,
 ) -> None:
-    """The eval manifest; ``rows`` are the finished and failed rows."""
+    """The eval manifest; ``counts``: the questions read (:class:`_Questions`)."""
     judge = ev.judge
+    rows = results.finished + results.failed
     Manifest(
         task="eval",
         # complete: every question that passed the input checks was answered and judged
@@ -310,6 +301,7 @@ def _save_manifest(
             "evaluated": summary["evaluated"],
             "rows_failed": summary["failed"],
             "rejects": summary["rejected"],
+            "rows_resumed": counts["valid"] - counts["todo"],
             # shards written before the frame kept `retries` have none
             "rows_retried": sum(1 for r in rows if r.get("retries")),
             "tokens_per_model": summary["tokens_per_model"],

@@ -142,26 +142,10 @@ def _pipeline(ds, n_rows: int, job: dict, pool: PoolSettings):
     )
 
 
-def stream_rows(
-    rows: list[dict],
-    input_schema: pa.Schema,
-    worker_cls: type,
-    worker_kwargs: dict,
-    output_schema: pa.Schema,
-    run_dir: Path | str,
-    pool: PoolSettings,
-) -> int:
-    """:func:`stream_dataset` of a list of row dicts (``input_schema``): small inputs a task
-    built on the driver (eval questions)."""
-    if not rows:
-        return 0
-    job = StreamJob(worker_cls, worker_kwargs, output_schema, run_dir)
-    return stream_dataset(rows_dataset(rows, input_schema), len(rows), job, pool)
-
-
 def rows_dataset(rows: list[dict], schema: pa.Schema):
     """A list of row dicts as a Ray dataset of ``schema`` (one block; :func:`stream_dataset`
-    cuts it)."""
+    cuts it): small inputs built on the driver (a layered pass's rows, ``synth.run_rows``
+    given a list)."""
     import ray
 
     return ray.data.from_arrow(pa.Table.from_pylist(rows, schema=schema))

@@ -247,12 +247,16 @@ def read_valid(
     limit: int | None = None,
     check: RowCheck | None = None,
     kind: stream.RecordKind = stream.INSTRUCTIONS,
+    clear: bool = True,
 ):
     """Reads ``sources`` as rows of ``kind`` for a run in ``run_dir`` (Ray must be up):
     validated, checked, without duplicates, the run's ``limit`` applied; the input rejects
-    written under the run's ``rejects/``. Returns the materialized Ray dataset."""
+    written under the run's ``rejects/`` (an earlier run's parts removed first unless
+    ``clear`` is False: the task did, and wrote parts of its own). Returns the materialized
+    Ray dataset."""
     rejects_dir = str(storage.join(run_dir, REJECTS_DIR))
-    clear_rejects(run_dir)
+    if clear:
+        clear_rejects(run_dir)
     rows = _deduplicated(_read(sources, rejects_dir, kind), rejects_dir, kind)
     if limit is not None:  # the first rows in read order, before the task's check (as load_rows)
         rows = _first_rows(rows, limit)

@@ -119,3 +119,13 @@ def concat_rejects(run_dir: Path | str, *groups: list[dict]) -> int:
             for r in records:
                 out.write(jsonl_line(r))
     return n
+
+
+def part_lines(run_dir: Path | str) -> dict[str, int]:
+    """Lines of the run's reject parts per kind: the part name's first two fields
+    (``1-input``, ``2-duplicates``, ...)."""
+    out: dict[str, int] = {}
+    for part in storage.list_files(storage.join(run_dir, REJECTS_DIR), ".jsonl"):
+        kind = "-".join(Path(str(part)).name.split("-")[:2])
+        out[kind] = out.get(kind, 0) + (storage.read_bytes(part) or b"").count(b"\n")
+    return out

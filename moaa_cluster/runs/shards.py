@@ -20,11 +20,6 @@ def shard_dir(run_dir: Path | str) -> Path | str:
     return storage.join(run_dir, "shards")
 
 
-def finished_ids(run_dir: Path | str) -> set[str]:
-    """Ids that already have a finished (``error`` null) row in the run's shards."""
-    return set(finished_id_array(run_dir).to_pylist())
-
-
 def finished_id_array(run_dir: str | Path) -> pa.Array:
     """The ids of the run's finished rows, read from the shards' ``id``/``error`` columns
     only (sorted, unique): what a rerun skips. Runs where the shards are (a Ray task)."""

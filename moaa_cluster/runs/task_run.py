@@ -1,7 +1,7 @@
 """A task's run in progress: its directory, the rows left to do, its wall times, its manifest.
 
-Every row task (synth, prefs, sample, judge-eval) starts the same way (open the run directory,
-skip the rows an earlier run of it finished) and ends the same way (rewrite ``rejects.jsonl``,
+Every row task (synth, prefs, sample, judge-eval) starts the same way (open the run directory;
+the rows an earlier run of it finished are dropped by its Ray Data read) and ends the same way (rewrite ``rejects.jsonl``,
 save the manifest with the task's details, the Ray report and the invocation's
 ``manifest_extra``); :class:`TaskRun` is that shared part, the task keeps what it computes.
 """
@@ -16,7 +16,7 @@ from moaa_cluster.runs import storage
 from moaa_cluster.runs.files import write_jsonl
 from moaa_cluster.runs.manifest import Manifest
 from moaa_cluster.runs.options import RunOptions
-from moaa_cluster.runs.shards import finished_ids, open_run
+from moaa_cluster.runs.shards import open_run
 
 REJECTS = "rejects.jsonl"
 
@@ -59,11 +59,6 @@ class TaskRun:
     def elapsed(self) -> float:
         """Seconds since the run started."""
         return time.monotonic() - self.started
-
-    def todo(self, rows: list[dict]) -> list[dict]:
-        """The rows without a finished row in the run's shards (a rerun resumes)."""
-        done = finished_ids(self.run_dir)
-        return [r for r in rows if r["id"] not in done]
 
     def save_manifest(self, task: str, counts: dict, models: dict, details: dict) -> dict:
         """Saves the manifest; returns what it wrote.

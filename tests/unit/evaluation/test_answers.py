@@ -18,7 +18,12 @@ from moaa_cluster.evaluation.answers import (
     question_sources,
 )
 from moaa_cluster.evaluation.settings import EvalSettings
-from moaa_cluster.evaluation.summary import format_summary, outcome_of, summarize_judgments
+from moaa_cluster.evaluation.summary import (
+    compact_row,
+    format_summary,
+    outcome_of,
+    summarize_judgments,
+)
 from tests.conftest import SHARED
 
 ARENA = SHARED / "data" / "arena_hard" / "arena-hard-v0.1"
@@ -270,7 +275,7 @@ def test_summary_counts_and_judge_rates():
             "judge": json.dumps({"comparisons": []}),
         },
     ]
-    s = summarize_judgments(rows, EvalSettings(resamples=200))
+    s = summarize_judgments([compact_row(r) for r in rows], EvalSettings(resamples=200))
     w = s["win_rate"]
     assert (w["n"], w["wins"], w["ties"], w["losses"]) == (5, 2, 2, 1)
     assert w["win_rate"] == pytest.approx(3 / 5)

@@ -22,10 +22,10 @@ from moaa_cluster.evaluation.answers import load_baseline, question_sources
 from moaa_cluster.evaluation.protocols import arena_hard, mt_bench
 from moaa_cluster.evaluation.settings import Baseline, ProtocolSettings
 from moaa_cluster.pipeline.eval_protocols import attach_mt_bench
-from moaa_cluster.pipeline.evaluate import _read_questions
 from moaa_cluster.pipeline.judge_pairs import load_pairs
 from moaa_cluster.runs import storage
 from tests.conftest import SHARED
+from tests.unit.pipeline.test_eval_stream import driver_questions as _read_questions
 
 ARENA = SHARED / "data" / "arena_hard" / "arena-hard-v0.1"
 MT_BENCH = SHARED / "data" / "mt_bench"

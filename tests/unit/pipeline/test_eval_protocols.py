@@ -9,8 +9,10 @@ import pytest
 from moaa_cluster.data.sources import Source
 from moaa_cluster.engines.backends import Completion
 from moaa_cluster.errors import ConfigError
-from moaa_cluster.evaluation.protocol_summary import format_protocol, protocol_summary
+from moaa_cluster.evaluation.protocol_summary import format_protocol
+from moaa_cluster.evaluation.protocol_summary import protocol_summary as _summary
 from moaa_cluster.evaluation.settings import EvalSettings, ProtocolSettings
+from moaa_cluster.evaluation.summary import compact_row
 from moaa_cluster.pipeline.eval_protocols import (
     attach_mt_bench,
     grade_mt_bench,
@@ -143,6 +145,11 @@ def test_mt_bench_questions_get_categories_and_reference_less_math_is_rejected(t
         ("2", "math", ["r1", "r2"]),
     ]
     assert len(rejects) == 1 and "coding question against a reference" in rejects[0]["reason"]
+
+
+def protocol_summary(rows: list[dict], *args) -> dict:
+    """The protocol's summary of finished rows, as eval computes it (their compact records)."""
+    return _summary([compact_row(r) for r in rows], *args)
 
 
 def _settings(name: str, **kw) -> EvalSettings:

@@ -281,7 +281,7 @@ def _finished(row: dict, calls: list[dict]) -> dict:
 
 def test_shards_written_before_the_context_field_still_resume_and_consolidate(tmp_path, ray_local):
     from moaa_cluster.pipeline.synth_outputs import summary_lines, write_outputs
-    from moaa_cluster.runs.shards import finished_ids, write_shard
+    from moaa_cluster.runs.shards import finished_id_array, write_shard
 
     m = mix(["p1", "p2"], ["agg"])
     rows = [
@@ -297,7 +297,7 @@ def test_shards_written_before_the_context_field_still_resume_and_consolidate(tm
     )
     old_row = _finished(rows[2], [_old_call(0, 0, 0, "p1")])
     write_shard(tmp_path, pa.Table.from_pylist([old_row], schema=old_shard))
-    assert finished_ids(tmp_path) == {"r2"}
+    assert finished_id_array(tmp_path).to_pylist() == ["r2"]
     # the new code resumes the layered run: every pass is done, so no engine is started
     job = LayeredJob(m, {}, SynthSettings(), INPUT_SCHEMA, SHARD_SCHEMA)
     run_layered(rows[:2], job, passes, None, RunOptions(tmp_path, progress=False))
@@ -306,7 +306,7 @@ def test_shards_written_before_the_context_field_still_resume_and_consolidate(tm
     new_row = _finished(rows[3], [cut_call])
     write_shard(tmp_path, pa.Table.from_pylist([new_row], schema=SHARD_SCHEMA))
 
-    assert finished_ids(tmp_path) == {"r0", "r1", "r2", "r3"}
+    assert finished_id_array(tmp_path).to_pylist() == ["r0", "r1", "r2", "r3"]
     counts = write_outputs(tmp_path, m)
     assert counts["rows_ok"] == 4 and counts["rows_failed"] == 0
     assert counts["calls_with_cut_context"] == 1 and counts["rows_with_cut_context"] == 1

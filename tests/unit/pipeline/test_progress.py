@@ -169,18 +169,16 @@ def test_the_frames_worker_wrapper_counts_every_backend_call_and_flushes_at_the_
 
 
 def test_the_eval_plan_counts_each_protocols_judge_calls():
-    from types import SimpleNamespace
-
-    from moaa_cluster.evaluation.settings import EvalSettings, ProtocolSettings
-    from moaa_cluster.pipeline.evaluate import _calls_per_question
+    from moaa_cluster.evaluation.settings import ProtocolSettings
+    from moaa_cluster.judge.costs import calls_per_pair
+    from moaa_cluster.pipeline.eval_inputs import calls_per_question
 
     judge = JudgeSpec("j", proposers=("g",), aggregator="g")  # the packaged eval judge
     two_turns = {"turns": ["q1", "q2"]}
     with_answers = {"turns": ["q1"], "baseline": ["an answer"]}
 
     def plan(protocol, row):
-        settings = EvalSettings(protocol=ProtocolSettings(protocol))
-        return _calls_per_question(SimpleNamespace(judge=judge, settings=settings), row)
+        return calls_per_question(ProtocolSettings(protocol), calls_per_pair(judge), row)
 
     assert plan("pairwise", two_turns) == 2 + 2 + 5  # both sides' turns, the pair
     assert plan("pairwise", with_answers) == 1 + 5  # the baseline's answers are given

@@ -13,7 +13,7 @@ from moaa_cluster.errors import ConfigError
 from moaa_cluster.runs import storage
 from moaa_cluster.runs.files import read_json, read_jsonl, save_json, write_jsonl
 from moaa_cluster.runs.manifest import Manifest
-from moaa_cluster.runs.shards import consolidate, finished_ids, open_run, write_shard
+from moaa_cluster.runs.shards import consolidate, finished_id_array, open_run, write_shard
 from moaa_cluster.runs.task_run import write_rejects
 
 SHARD = pa.schema([("id", pa.string()), ("text", pa.string()), ("error", pa.string())])
@@ -54,12 +54,12 @@ def test_shards_resume_and_consolidate_on_any_storage(run_dir):
     write_shard(run_dir, _shard([{"id": "b", "text": "B", "error": None}]))
     write_shard(run_dir, _shard([{"id": "a", "text": "A", "error": None}]))
     write_shard(run_dir, _shard([{"id": "c", "text": None, "error": "bad"}]))
-    assert finished_ids(run_dir) == {"a", "b"}  # the failed-then-finished row is finished
+    assert finished_id_array(run_dir).to_pylist() == ["a", "b"]  # failed, then finished: finished
     done, failed = consolidate(run_dir)
     assert sorted((r["id"], r["text"]) for r in done) == [("a", "A"), ("b", "B")]
     assert [r["id"] for r in failed] == ["c"]
     open_run(run_dir, [], overwrite=True)
-    assert finished_ids(run_dir) == set() and consolidate(run_dir) == ([], [])
+    assert len(finished_id_array(run_dir)) == 0 and consolidate(run_dir) == ([], [])
 
 
 def test_expand_keeps_a_uri_and_expands_a_local_path():
