@@ -120,27 +120,29 @@ def _drop_pairs(batch: pa.Table, drop: set) -> pa.Table:
     return batch.filter(pa.array([k not in drop for k in keys], pa.bool_()))
 
 
+def _id_column(tables: tuple[pa.Table, ...]) -> pa.Array:
+    """The ``id`` columns of ``tables`` as one array."""
+    ids = [t["id"].combine_chunks() for t in tables if t.num_rows]
+    return pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+
+
 def _repeated_ids(*tables: pa.Table) -> list[str]:
     """The ids that occur more than once in the ``id`` columns of ``tables`` (a Ray task)."""
-    ids = [t["id"].combine_chunks() for t in tables if t.num_rows]
-    if not ids:
-        return []
-    counts = pc.value_counts(pa.concat_arrays(ids))
+    counts = pc.value_counts(_id_column(tables))
     return counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
 
 
-def _duplicate_ids(rows) -> list[str]:
+def _duplicate_ids(rows, small: bool) -> list[str]:
     """The ids of ``rows`` (a materialized Ray dataset) that occur more than once: one Ray task
-    over the ``id`` column up to :data:`SMALL_INPUT_ROWS` rows (a shuffle's actors cost seconds
-    here), a distributed ``groupby("id").count()`` beyond."""
+    over the ``id`` column for a ``small`` input (a shuffle's actors cost seconds here), a
+    distributed ``groupby("id").count()`` otherwise."""
     import ray
 
-    n = rows.count()
-    if n <= SMALL_INPUT_ROWS:
+    if small:
         refs = rows.select_columns(["id"]).to_arrow_refs()
         return ray.get(ray.remote(num_cpus=0)(_repeated_ids).remote(*refs))
     # a few partitions per 100k rows
-    parts = max(1, min(MAX_SHUFFLE_PARTITIONS, n // 100_000 + 1))
+    parts = max(1, min(MAX_SHUFFLE_PARTITIONS, rows.count() // 100_000 + 1))
     counted = rows.select_columns(["id"]).groupby("id", num_partitions=parts).count()
     return [
         r["id"]
@@ -150,9 +152,9 @@ def _duplicate_ids(rows) -> list[str]:
     ]
 
 
-def _deduplicated(rows, rejects_dir: str, kind: stream.RecordKind):
+def _deduplicated(rows, rejects_dir: str, kind: stream.RecordKind, small: bool):
     """``rows`` without the later occurrences of an id; their rejects written."""
-    dup_ids = _duplicate_ids(rows)
+    dup_ids = _duplicate_ids(rows, small)
     if not dup_ids:
         return rows
     wanted = pa.array(dup_ids, pa.string())
@@ -186,14 +188,15 @@ def _up_to_key(batch: pa.Table, last: int) -> pa.Table:
     return batch.filter(pc.less_equal(_read_keys(batch), last))
 
 
-def _first_rows(rows, limit: int):
-    """The first ``limit`` rows of ``rows`` in read order: up to :data:`SMALL_INPUT_ROWS`,
-    a Ray task finds the last key kept and each block is filtered against it; beyond, a
-    distributed sort then a limit."""
+def _first_rows(rows, limit: int, small: bool):
+    """The first ``limit`` rows of ``rows`` in read order: for a ``small`` input, a Ray task
+    finds the last key kept and each block is filtered against it; otherwise a distributed
+    sort then a limit."""
     import ray
 
-    if rows.count() > SMALL_INPUT_ROWS:
+    if not small:
         return rows.sort(["_unit", "_rec"]).limit(limit)
+    rows = rows.materialize()  # the keys and the filter read the same blocks, computed once
     refs = rows.select_columns(["_unit", "_rec"]).to_arrow_refs()
     last = ray.get(ray.remote(num_cpus=0)(_last_key_kept).remote(limit, *refs))
     return rows.map_batches(_up_to_key, fn_kwargs={"last": last}, batch_format="pyarrow")
@@ -225,10 +228,7 @@ def id_array_ref(rows):
 
 
 def _unique_ids(*tables: pa.Table) -> pa.Array:
-    ids = [t["id"].combine_chunks() for t in tables if t.num_rows]
-    if not ids:
-        return pa.array([], pa.string())
-    return pc.unique(pa.concat_arrays(ids)).sort()
+    return pc.unique(_id_column(tables)).sort()
 
 
 def unfinished(batch: pa.Table, finished) -> pa.Table:
@@ -257,9 +257,11 @@ def read_valid(
     rejects_dir = str(storage.join(run_dir, REJECTS_DIR))
     if clear:
         clear_rejects(run_dir)
-    rows = _deduplicated(_read(sources, rejects_dir, kind), rejects_dir, kind)
+    read = _read(sources, rejects_dir, kind)  # materialized: its count is known
+    small = read.count() <= SMALL_INPUT_ROWS
+    rows = _deduplicated(read, rejects_dir, kind, small)
     if limit is not None:  # the first rows in read order, before the task's check (as load_rows)
-        rows = _first_rows(rows, limit)
+        rows = _first_rows(rows, limit, small)
     if check is not None:
         rows = _checked(rows, rejects_dir, check)
     return rows.materialize()

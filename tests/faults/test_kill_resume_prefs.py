@@ -1,4 +1,8 @@
-"""`kill -9` a running `moaa prefs`, rerun the same command: every prompt once, none redone."""
+"""`kill -9` a running `moaa prefs`, rerun the same command: every prompt once, none redone.
+
+`make test-slow`, not CI (~6 min here: two engine starts). CI kills and resumes a run in
+`test_object_storage_resume.py` (synth's streaming path, every row exactly once).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.faults.realstack import (
     moaa_cmd,
@@ -19,6 +24,8 @@ from tests.faults.realstack import (
     wait_for_shards,
     watch_orphans,
 )
+
+pytestmark = pytest.mark.slow
 
 LIMIT = 6
 

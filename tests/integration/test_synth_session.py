@@ -80,6 +80,7 @@ def layered_run(run_synth, tmp_path_factory) -> tuple[Path, dict]:
     return run_dir, run_synth(run_dir, LAYERED)
 
 
+@pytest.mark.slow  # four engine swaps (~5 min here); the pass logic has unit tests on Ray Data
 def test_layer_by_layer_matches_the_resident_run(mt_bench_run, layered_run):
     resident_dir, resident = mt_bench_run
     run_dir, first = layered_run
@@ -108,7 +109,7 @@ def test_layer_by_layer_matches_the_resident_run(mt_bench_run, layered_run):
             assert c["text"] in agg2[0]["content"]
 
 
-@pytest.mark.slow  # one more engine start; the pass-resume logic has a unit test on Ray Data
+@pytest.mark.slow  # one more engine start
 def test_layer_by_layer_run_killed_in_its_last_pass_redoes_only_that_pass(layered_run, run_synth):
     run_dir, _ = layered_run
     rows = {r["id"]: r for r in pq.read_table(run_dir / "sft.parquet").to_pylist()}
