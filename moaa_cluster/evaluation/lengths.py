@@ -9,6 +9,7 @@ the split into questions and input rejects is
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 
 from moaa_cluster.data.lengths import split_by_length
@@ -109,12 +110,12 @@ class LengthCheck:
         if spec.backend != "vllm" or not spec.path:
             return None
         if spec.path not in self._cache:
-            from transformers import AutoTokenizer
-
+            from moaa_cluster.engines.tokenizer import load_tokenizer
             from moaa_cluster.runs.model_cache import local_files  # a URI: its tokenizer
 
-            self._cache[spec.path] = AutoTokenizer.from_pretrained(
-                local_files(spec.path) or spec.path
+            path = local_files(spec.path) or spec.path  # a hub id when not a directory
+            self._cache[spec.path] = load_tokenizer(
+                path, spec.trust_remote_code, local_only=os.path.isdir(path)
             )
         return self._cache[spec.path]
 

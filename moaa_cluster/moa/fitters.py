@@ -127,8 +127,8 @@ def load_fitters(specs: dict) -> dict[str, ContextFitter]:
     are sent as built, and a note is logged.
     """
     from moaa_cluster.engines.chat_template import FOLD, _template_override, system_mode
+    from moaa_cluster.engines.tokenizer import load_tokenizer
 
-    tokenizers: dict[str, object] = {}
     out = {}
     for key, spec in specs.items():
         path = local_tokenizer_path(spec)
@@ -139,14 +139,8 @@ def load_fitters(specs: dict) -> dict[str, ContextFitter]:
                 spec.path,
             )
             continue
-        if path not in tokenizers:
-            from transformers import AutoTokenizer  # seconds to import: only when needed
-
-            tokenizers[path] = AutoTokenizer.from_pretrained(
-                path, local_files_only=True, trust_remote_code=spec.trust_remote_code
-            )
         out[key] = tokenizer_fitter(
-            tokenizers[path],
+            load_tokenizer(path, spec.trust_remote_code),
             spec.max_model_len,
             chat_template=_template_override(spec),
             fold=system_mode(spec) == FOLD,

@@ -1,9 +1,9 @@
 """The evaluation's questions, read storage to storage (``instructions.read_valid``).
 
-Read tasks validate the questions and write their rejects; :class:`QuestionCheck`, an actor
-pool, then gives each batch what the worker needs (the baseline's answers matched by question
-id, MT-Bench's category and reference answers), sets aside the questions too long for a
-model's context, and writes those rejects as one part per batch. The baseline files' own
+Read tasks validate the questions and write their rejects; :class:`QuestionCheck`, run by Ray
+tasks (``instructions.RowCheck``), then gives each batch what the worker needs (the baseline's
+answers matched by question id, MT-Bench's category and reference answers), sets aside the
+questions too long for a model's context, and writes those rejects as one part per batch. The baseline files' own
 unusable records are written once, by :func:`read_lookups` (a Ray task before the read).
 """
 
@@ -20,7 +20,7 @@ from moaa_cluster.evaluation.lengths import LengthCheck
 from moaa_cluster.evaluation.settings import ProtocolSettings
 from moaa_cluster.pipeline.eval_protocols import attach_mt_bench, mt_bench_lookup
 from moaa_cluster.pipeline.eval_worker import INPUT_SCHEMA
-from moaa_cluster.pipeline.instructions import RowCheck, clear_rejects, read_valid
+from moaa_cluster.pipeline.instructions import RowCheck, block_totals, clear_rejects, read_valid
 from moaa_cluster.runs import storage
 from moaa_cluster.runs.datasets import REJECTS_DIR
 
@@ -31,7 +31,7 @@ BASELINE_PART = "4-baseline"
 
 
 class QuestionCheck:
-    """Ray Data actor: the questions of a batch with their baseline answers (and MT-Bench
+    """A read's row check: the questions of a batch with their baseline answers (and MT-Bench
     category and reference); those without one, or too long for a context, written as a
     reject part.
 
@@ -51,7 +51,7 @@ class QuestionCheck:
         self.mt_bench = (
             mt_bench_lookup(sources, protocol.references) if protocol.name == "mt_bench" else None
         )
-        self.lengths = LengthCheck(**lengths)  # tokenizers loaded once per actor
+        self.lengths = LengthCheck(**lengths)  # tokenizers loaded once per read and worker
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -113,7 +113,7 @@ def read_questions(
 def read_lookups(
     sources: list, files: list[str] | None, references: str | None, rejects_dir: str
 ) -> int:
-    """Reads what every :class:`QuestionCheck` actor reads, once, before the questions are
+    """Reads what every :class:`QuestionCheck` reads, once, before the questions are
     read (a missing or malformed file fails the run with its own error): the baseline's
     answers ``files``, their unusable records written as a reject part, and MT-Bench's
     ``references`` with ``sources``' categories. Returns the baseline records rejected.
@@ -128,21 +128,18 @@ def read_lookups(
 
 
 def planned_calls(todo, protocol: ProtocolSettings, per_pair: int) -> tuple[int, int]:
-    """``(questions, model calls they plan)`` of the Ray dataset ``todo`` (an aggregate: the
-    rows stay in the cluster); ``per_pair``: the judge's calls per pair of answers."""
-    from ray.data.aggregate import Count, Sum
-
-    planned = todo.map_batches(
-        _calls, fn_kwargs={"protocol": protocol, "per_pair": per_pair}, batch_format="pyarrow"
+    """``(questions, model calls they plan)`` of the Ray dataset ``todo`` (per-block figures:
+    the rows stay in the cluster); ``per_pair``: the judge's calls per pair of answers."""
+    totals = block_totals(
+        todo, _calls, {"rows": sum, "calls": sum}, protocol=protocol, per_pair=per_pair
     )
-    agg = planned.aggregate(Count(), Sum("_calls"))
-    return int(agg.get("count()") or 0), int(agg.get("sum(_calls)") or 0)
+    return totals["rows"], totals["calls"]
 
 
 def _calls(batch: pa.Table, protocol: ProtocolSettings, per_pair: int) -> pa.Table:
     rows = batch.select(["turns", "baseline"]).to_pylist()
-    calls = [calls_per_question(protocol, per_pair, r) for r in rows]
-    return pa.table({"_calls": pa.array(calls, pa.int64())})
+    calls = sum(calls_per_question(protocol, per_pair, r) for r in rows)
+    return pa.table({"rows": [batch.num_rows], "calls": [calls]})
 
 
 def calls_per_question(ps: ProtocolSettings, per_pair: int, row: dict) -> int:

@@ -13,8 +13,8 @@ and ``baseline_answers.parquet`` for a baseline model; usable as a baseline file
 length-controlled win rate, judge statistics, tokens: ``evaluation/summary.py``),
 ``rejects.jsonl``, ``manifest.json``.
 
-Storage to storage, as synth's instructions: Ray Data read tasks validate the questions and an
-actor pool matches their baseline answers and checks their lengths (``eval_inputs``), both
+Storage to storage, as synth's instructions: Ray Data read tasks validate the questions and a
+row check (Ray tasks) matches their baseline answers and checks their lengths (``eval_inputs``), both
 writing their rejects; the questions an earlier run finished are dropped by the shards' id
 column; the outputs are written by one pass over the shards (``eval_outputs.write_outputs``),
 which returns only each finished question's small fields for the summary.

@@ -1,7 +1,7 @@
 """The Ray Data plan that reads a task's instructions and leaves the rows still to run.
 
-read units -> validate (read tasks write their rejects) -> a task's own row check (an actor
-pool, e.g. synth's context-length floor; it writes its rejects) -> materialized in the object
+read units -> validate (read tasks write their rejects) -> a task's own row check (Ray
+tasks, e.g. synth's context-length floor; it writes its rejects) -> materialized in the object
 store -> duplicates dropped (counted by one Ray task over the ``id`` column up to 1M rows,
 by ``groupby("id").count()`` beyond) -> the run's ``limit`` -> the rows an
 earlier run of the directory finished dropped (their ids read from the shards' ``id`` column
@@ -52,9 +52,10 @@ class Instructions:
 
 @dataclass(frozen=True)
 class RowCheck:
-    """A task's per-row check, run by an actor pool: ``cls(rejects_dir=..., **kwargs)`` is
-    called on a ``pyarrow.Table`` batch and returns the rows that pass (writing the rest as
-    rejects); ``workers`` actors of ``cpus`` CPUs each."""
+    """A task's per-row check: ``cls(rejects_dir=..., **kwargs)`` is called on a
+    ``pyarrow.Table`` batch and returns the rows that pass (writing the rest as rejects).
+    Run by at most ``workers`` Ray tasks of ``cpus`` CPUs each at a time; each worker process
+    builds the check once per read (:func:`_check_batch`)."""
 
     cls: type
     kwargs: dict
@@ -102,15 +103,33 @@ def _read(sources: list[Source], rejects_dir: str, kind: stream.RecordKind):
     return ds.materialize()
 
 
+_CHECKS: dict = {}
+
+
+def _check_batch(batch: pa.Table, key: str, cls: type, kwargs: dict) -> pa.Table:
+    """Ray Data step: ``batch`` through the read ``key``'s check, built once per worker
+    process. Tasks rather than an actor pool: an actor is a new process that imports the
+    check's libraries again (transformers, ~5 s here) on every read, a task worker keeps them."""
+    if key not in _CHECKS:
+        if len(_CHECKS) >= 2:  # a long-lived worker process does not keep old runs' checks
+            _CHECKS.clear()
+        _CHECKS[key] = cls(**kwargs)
+    return _CHECKS[key](batch)
+
+
 def _checked(rows, rejects_dir: str, check: RowCheck):
-    from ray.data import ActorPoolStrategy
+    from ray.data import TaskPoolStrategy
 
     return rows.map_batches(
-        check.cls,
-        fn_constructor_kwargs={"rejects_dir": rejects_dir, **check.kwargs},
+        _check_batch,
+        fn_kwargs={
+            "key": uuid.uuid4().hex,
+            "cls": check.cls,
+            "kwargs": {"rejects_dir": rejects_dir, **check.kwargs},
+        },
         batch_format="pyarrow",
         batch_size=256,
-        compute=ActorPoolStrategy(min_size=1, max_size=max(1, check.workers)),
+        compute=TaskPoolStrategy(size=max(1, check.workers)),
         num_cpus=check.cpus,
     )
 
@@ -285,26 +304,41 @@ def open_instructions(
     check: RowCheck | None = None,
 ) -> Instructions:
     """Plans and runs the read of ``sources`` for a run in ``run_dir`` (Ray must be up)."""
-    from ray.data.aggregate import Count, Max, Sum
-
     t0 = time.monotonic()
     rows = read_valid(sources, run_dir, limit=limit, check=check)
     valid = rows.count()
     read_s = time.monotonic() - t0
     t0 = time.monotonic()
-    todo = drop_finished(rows, run_dir).add_column(
-        "_turns", lambda b: pc.list_value_length(b["turns"]), batch_format="pyarrow"
-    )
-    agg = todo.aggregate(Count(), Sum("_turns"), Max("_turns")) if valid else {}
-    n = int(agg.get("count()") or 0)
+    todo = drop_finished(rows, run_dir)
+    reduce = {"rows": sum, "turns": sum, "max_turns": max}
+    stats = block_totals(todo, _turn_stats, reduce) if valid else {}
     return Instructions(
-        todo=todo.drop_columns(["_turns"]),
+        todo=todo,
         valid=valid,
-        todo_rows=n,
-        turns=int(agg.get("sum(_turns)") or 0),
-        max_turns=int(agg.get("max(_turns)") or 1),
+        todo_rows=stats.get("rows", 0),
+        turns=stats.get("turns", 0),
+        max_turns=stats.get("max_turns") or 1,
         timings={"read": read_s, "resume_scan": time.monotonic() - t0},
     )
+
+
+def _turn_stats(batch: pa.Table) -> pa.Table:
+    turns = pc.list_value_length(batch["turns"])
+    most = pc.max(turns).as_py() if batch.num_rows else 0
+    return pa.table(
+        {"rows": [batch.num_rows], "turns": [pc.sum(turns).as_py() or 0], "max_turns": [most]}
+    )
+
+
+def block_totals(rows, stats, reduce: dict, **kwargs) -> dict:
+    """Figures of the Ray dataset ``rows`` without a shuffle: ``stats(block, **kwargs)`` gives
+    each block's figures as a one-row table, and the driver gets those rows only (one per
+    block) and combines each column with ``reduce[column]`` (``sum``, ``max``). Ray Data's
+    ``aggregate`` starts shuffle actors that cost seconds even for a few rows."""
+    parts = rows.map_batches(
+        stats, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=None
+    ).take_all()
+    return {k: int(fn([p[k] for p in parts] or [0])) for k, fn in reduce.items()}
 
 
 def clear_rejects(run_dir: Path | str) -> None:

@@ -112,14 +112,19 @@ class MixtureWorker(RowWorker):
 
 
 class LengthCheck:
-    """Ray Data actor: drops rows whose own text cannot fit the mixture's prompts
+    """A read's row check: drops rows whose own text cannot fit the mixture's prompts
     (:func:`moaa_cluster.moa.lengths.length_rejects`), writing their rejects as a part."""
 
     def __init__(self, rejects_dir: str, mixture: Mixture, specs: dict, defaults: dict):
         from moaa_cluster.moa.fitters import load_fitters
 
         self.rejects_dir = rejects_dir
-        self.args = (mixture, specs, defaults, load_fitters(specs))  # tokenizers once per actor
+        self.args = (
+            mixture,
+            specs,
+            defaults,
+            load_fitters(specs),
+        )  # tokenizers once per read and worker
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import uuid

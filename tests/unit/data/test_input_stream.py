@@ -166,3 +166,55 @@ def test_rows_an_earlier_run_finished_are_not_read_again(tmp_path, ray_local):
     assert found.valid == len(want_rows)
     assert found.todo_rows == len(want_rows) - 2
     assert {r["id"] for r in rows} == {r["id"] for r in want_rows} - set(done)
+
+
+class _OneTurnOnly:
+    """A row check for the test: drops the conversations of more than one turn, its rejects'
+    reason naming the read's ``tag``."""
+
+    def __init__(self, rejects_dir: str, tag: str):
+        self.rejects_dir, self.tag = rejects_dir, tag
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        rejects = [
+            {"id": r["id"], "stage": "input", "reason": f"{self.tag}: {len(r['turns'])} turns"}
+            for r in rows
+            if len(r["turns"]) > 1
+        ]
+        stream.write_rejects_part(self.rejects_dir, f"3-test-{rows[0]['_rec']}", rejects)
+        return pa.Table.from_pylist([r for r in rows if len(r["turns"]) == 1], schema=batch.schema)
+
+
+def _conversations(tmp_path):
+    turn = lambda q: [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]  # noqa: E731
+    f = tmp_path / "conv.jsonl"
+    f.write_text(
+        "".join(
+            json.dumps({"messages": [t for q in qs for t in turn(q)]}) + "\n"
+            for qs in (["a"], ["b", "c"], ["d", "e", "f"], ["g"])
+        )
+    )
+    return [Source("c", path=str(f))]
+
+
+def test_figures_of_the_rows_to_run_come_per_block(tmp_path, ray_local):
+    sources = _conversations(tmp_path)
+    found = instructions.open_instructions(sources, tmp_path / "run")
+    assert (found.valid, found.todo_rows, found.turns, found.max_turns) == (4, 4, 7, 3)
+    empty = instructions.open_instructions(sources, tmp_path / "run2", limit=0)
+    assert (empty.valid, empty.todo_rows, empty.turns, empty.max_turns) == (0, 0, 0, 1)
+
+
+def test_a_row_check_runs_each_read_with_its_own_arguments(tmp_path, ray_local):
+    # Ray tasks keep a check per worker process and read: a second read (another run
+    # directory, another tag) must not reuse the first one's
+    sources = _conversations(tmp_path)
+    for tag in ("first", "second"):
+        run = tmp_path / tag
+        check = instructions.RowCheck(_OneTurnOnly, {"tag": tag})
+        found = instructions.open_instructions(sources, run, check=check)
+        assert (found.valid, found.turns) == (2, 2)
+        concat_rejects(run)
+        rejects = read_jsonl(run / "rejects.jsonl")
+        assert sorted(r["reason"] for r in rejects) == [f"{tag}: 2 turns", f"{tag}: 3 turns"]
