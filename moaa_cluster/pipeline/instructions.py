@@ -106,15 +106,21 @@ def _read(sources: list[Source], rejects_dir: str, kind: stream.RecordKind):
 _CHECKS: dict = {}
 
 
+def _per_process(cache: dict, key: str, make, keep: int):
+    """``cache[key]``, made by ``make()`` the first time in this worker process; a cache
+    holding ``keep`` entries is emptied first (a long-lived worker does not keep old runs')."""
+    if key not in cache:
+        if len(cache) >= keep:
+            cache.clear()
+        cache[key] = make()
+    return cache[key]
+
+
 def _check_batch(batch: pa.Table, key: str, cls: type, kwargs: dict) -> pa.Table:
     """Ray Data step: ``batch`` through the read ``key``'s check, built once per worker
     process. Tasks rather than an actor pool: an actor is a new process that imports the
     check's libraries again (transformers, ~5 s here) on every read, a task worker keeps them."""
-    if key not in _CHECKS:
-        if len(_CHECKS) >= 2:  # a long-lived worker process does not keep old runs' checks
-            _CHECKS.clear()
-        _CHECKS[key] = cls(**kwargs)
-    return _CHECKS[key](batch)
+    return _per_process(_CHECKS, key, lambda: cls(**kwargs), keep=2)(batch)
 
 
 def _checked(rows, rejects_dir: str, check: RowCheck):
@@ -229,12 +235,7 @@ def cached_ids(ref) -> pa.Array:
     Data step filters every block it gets against it)."""
     import ray
 
-    key = ref.hex()
-    if key not in _ID_SETS:
-        if len(_ID_SETS) >= 4:  # a long-lived worker process does not collect old runs' sets
-            _ID_SETS.clear()
-        _ID_SETS[key] = ray.get(ref)
-    return _ID_SETS[key]
+    return _per_process(_ID_SETS, ref.hex(), lambda: ray.get(ref), keep=4)
 
 
 def id_array_ref(rows):
